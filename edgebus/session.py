@@ -1,0 +1,631 @@
+"""Sans-IO per-client MQTT state: the session that outlives connections, and the connection's
+protocol machine (packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases, keep-alive).
+
+Bytes and a clock go in; events for the broker and bytes to write come out. Nothing here awaits,
+and nothing imports trio, sockets or the store (a test walks the imports).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgebus.message import Message, forwarded_properties
+from edgebus.outbox import Delivery, Outbox
+from edgebus.protocol.decoder import PacketDecoder
+from edgebus.protocol.encoder import encode
+from edgebus.protocol.enums import MQTT_5, ReasonCode, RetainHandling
+from edgebus.protocol.errors import ProtocolError, protocol_violation
+from edgebus.protocol.packets import (
+    Auth,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Subscribe,
+    Unsubscribe,
+)
+from edgebus.stats import Stats
+
+#: Session Expiry Interval meaning "never expires" [MQTT-3.1.2-?; §3.1.2.11.2].
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+MAX_PACKET_ID = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionOptions:
+    """What the broker keeps of one subscription (§3.8.3.1)."""
+
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: RetainHandling = RetainHandling.SEND_ON_SUBSCRIBE
+    subscription_id: int | None = None
+
+
+class InflightState(enum.Enum):
+    """Where an outbound QoS 1/2 delivery stands (§4.3.2, §4.3.3, sender side)."""
+
+    AWAIT_PUBACK = 1
+    AWAIT_PUBREC = 2
+    AWAIT_PUBCOMP = 3
+
+
+class Inflight:
+    __slots__ = ("delivery", "state")
+
+    def __init__(self, delivery: Delivery, state: InflightState) -> None:
+        self.delivery = delivery
+        self.state = state
+
+
+class Session:
+    """The server-side session of one client id (§4.1): it outlives connections unless it expires.
+
+    Holds the subscriptions, the queue of deliveries not yet sent, the outbound deliveries awaiting
+    acknowledgement, and the inbound QoS 2 packet ids awaiting PUBREL.
+    """
+
+    __slots__ = (
+        "_next_packet_id",
+        "client_id",
+        "connection",
+        "expiry_interval",
+        "inbound_qos2",
+        "inflight",
+        "outbox",
+        "subscriptions",
+    )
+
+    def __init__(self, client_id: str, outbox: Outbox, expiry_interval: int = 0) -> None:
+        self.client_id = client_id
+        self.outbox = outbox
+        self.expiry_interval = expiry_interval
+        self.subscriptions: dict[str, SubscriptionOptions] = {}
+        # Outbound QoS 1/2 deliveries by packet id, in the order they were first sent, which is
+        # the order they are resent in after a reconnect [MQTT-4.4.0-1].
+        self.inflight: dict[int, Inflight] = {}
+        # Inbound QoS 2 packet ids PUBREC'd and awaiting PUBREL: a PUBLISH reusing one is a
+        # duplicate and is not delivered again [MQTT-4.3.3-10].
+        self.inbound_qos2: set[int] = set()
+        self.connection: Connection | None = None
+        self._next_packet_id = 1
+
+    def allocate_packet_id(self) -> int:
+        """A packet id not in use by an outbound flow [MQTT-2.2.1-3]."""
+        inflight = self.inflight
+        pid = self._next_packet_id
+        for _ in range(MAX_PACKET_ID):
+            if pid not in inflight:
+                break
+            pid = pid + 1 if pid < MAX_PACKET_ID else 1
+        else:  # pragma: no cover - the window is capped far below 65535
+            raise RuntimeError("no free packet identifier")
+        self._next_packet_id = pid + 1 if pid < MAX_PACKET_ID else 1
+        return pid
+
+    def take_shared_deliveries(self) -> list[Delivery]:
+        """Remove and return the shared-subscription deliveries this session has not yet received
+        (queued, or sent and not acknowledged, but not those past PUBREC, which the client has)."""
+        taken = self.outbox.remove_if(lambda d: d.share_group is not None)
+        for pid in [
+            pid
+            for pid, flight in self.inflight.items()
+            if flight.delivery.share_group is not None and flight.state is not InflightState.AWAIT_PUBCOMP
+        ]:
+            taken.append(self.inflight.pop(pid).delivery)
+        return taken
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_CONNECT = 1
+    CONNECTING = 2  # CONNECT decoded, the broker has not answered yet
+    CONNECTED = 3
+    CLOSED = 4
+
+
+# --- events the connection hands to the broker -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectReceived:
+    connect: Connect
+
+
+@dataclass(slots=True)  # not frozen: one per PUBLISH, and frozen __init__ is slower
+class MessageReceived:
+    """A PUBLISH to route. For QoS 1/2 the broker calls `Connection.acknowledge` once it is safe."""
+
+    message: Message
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeReceived:
+    subscribe: Subscribe
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeReceived:
+    unsubscribe: Unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectReceived:
+    disconnect: Disconnect
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The connection must close; on v5 with a DISCONNECT carrying ``error.reason_code`` first."""
+
+    error: ProtocolError
+
+
+Event = (
+    ConnectReceived
+    | MessageReceived
+    | SubscribeReceived
+    | UnsubscribeReceived
+    | DisconnectReceived
+    | ProtocolViolation
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What this broker announces and enforces on every connection."""
+
+    max_packet_size: int = 268_435_460
+    receive_maximum: int = 65535  # our inbound window
+    max_inflight: int = 65535  # cap on our outbound window
+    topic_alias_maximum: int = 0  # inbound aliases we accept
+    max_qos: int = 2
+    retain_available: bool = True
+
+
+class Connection:
+    """The protocol machine of one network connection, server role.
+
+    `receive_data` feeds bytes; `next_event` returns what the broker must act on, one at a time
+    (so a CONNECT is answered before the packets pipelined behind it are looked at); the rules
+    the broker need not see (acks, pings, QoS 2 duplicates, aliases, flow control) are applied
+    here. `take_output` returns the bytes to write, stamping packet ids and aliases on queued
+    deliveries as the send window allows.
+    """
+
+    __slots__ = (
+        "_control",
+        "_error",
+        "_packet_index",
+        "_packets",
+        "_unacked_in",
+        "aliases_in",
+        "aliases_out",
+        "client_id",
+        "client_max_packet_size",
+        "client_topic_alias_maximum",
+        "decoder",
+        "keep_alive",
+        "limits",
+        "protocol_level",
+        "send_window",
+        "session",
+        "session_expiry_at_connect",
+        "state",
+        "stats",
+        "wake",
+    )
+
+    def __init__(self, limits: ConnectionLimits, stats: Stats) -> None:
+        self.limits = limits
+        self.stats = stats
+        self.decoder = PacketDecoder(role="server", max_packet_size=limits.max_packet_size)
+        self.state = ConnectionState.AWAIT_CONNECT
+        self.protocol_level = 4
+        self.client_id = ""
+        self.keep_alive = 0  # effective, after a Server Keep Alive override
+        self.session: Session | None = None
+        # Called when there is something new to write; the broker wires it to its writer task.
+        self.wake: Callable[[], None] = _nothing
+        self._packets: list[Packet] = []
+        self._packet_index = 0
+        self._error: ProtocolError | None = None
+        self._control: list[bytes] = []  # acks, SUBACKs, PINGRESPs: written before queued messages
+        # What the client told us in CONNECT (§3.1.2.11).
+        self.send_window = limits.max_inflight
+        self.client_max_packet_size = 268_435_460
+        self.client_topic_alias_maximum = 0
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
+        # Inbound QoS 1/2 PUBLISH packet ids not yet acknowledged by the broker.
+        self._unacked_in: dict[int, int] = {}
+        self.session_expiry_at_connect = 0
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the network (b"" at EOF)."""
+        if self._error is not None:
+            return
+        decoder = self.decoder
+        try:
+            packets = decoder.receive_data(data)
+        except ProtocolError as exc:
+            self._error = exc
+            return
+        # Garbage after valid packets: those are handled first, then the error, now rather than
+        # on a next read that a silent peer may never cause.
+        self._error = decoder.pending_error
+        if packets:
+            if self._packet_index:
+                del self._packets[: self._packet_index]
+                self._packet_index = 0
+            self._packets.extend(packets)
+
+    def next_event(self, now: float) -> Event | None:
+        """The next event for the broker, or None when every packet fed so far is handled."""
+        while self.state is not ConnectionState.CLOSED:
+            if self.state is ConnectionState.CONNECTING:
+                return None  # wait for accept() / reject() before reading on
+            if self._packet_index >= len(self._packets):
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    self.state = ConnectionState.CLOSED
+                    return ProtocolViolation(error)
+                return None
+            packet = self._packets[self._packet_index]
+            self._packet_index += 1
+            try:
+                event = self._handle(packet, now)
+            except ProtocolError as exc:
+                self.state = ConnectionState.CLOSED
+                return ProtocolViolation(exc)
+            if event is not None:
+                return event
+        return None
+
+    def _handle(self, packet: Packet, now: float) -> Event | None:
+        if isinstance(packet, Publish):
+            return self._on_publish(packet, now)
+        if self.state is ConnectionState.AWAIT_CONNECT:
+            if isinstance(packet, Connect):
+                self.state = ConnectionState.CONNECTING
+                self.protocol_level = packet.protocol_level
+                self.client_id = packet.client_id
+                return ConnectReceived(packet)
+            # The first packet from a client MUST be CONNECT [MQTT-3.1.0-1].
+            raise protocol_violation("first packet is not CONNECT")
+        if isinstance(packet, PubAck):
+            self._on_puback(packet)
+        elif isinstance(packet, PubRec):
+            self._on_pubrec(packet)
+        elif isinstance(packet, PubRel):
+            self._on_pubrel(packet)
+        elif isinstance(packet, PubComp):
+            self._on_pubcomp(packet)
+        elif isinstance(packet, PingReq):
+            self._reply(encode(PingResp(), self.protocol_level))  # [MQTT-3.12.4-1]
+        elif isinstance(packet, Subscribe):
+            return SubscribeReceived(packet)
+        elif isinstance(packet, Unsubscribe):
+            return UnsubscribeReceived(packet)
+        elif isinstance(packet, Disconnect):
+            return self._on_disconnect(packet)
+        elif isinstance(packet, Connect):
+            # A second CONNECT is a Protocol Error [MQTT-3.1.0-2].
+            raise protocol_violation("second CONNECT on one connection")
+        elif isinstance(packet, Auth):
+            # No enhanced authentication method was agreed in CONNECT, so AUTH is a protocol
+            # error [MQTT-4.12.0-1] (§4.12: AUTH only follows a CONNECT with a method).
+            raise protocol_violation("AUTH without an authentication method")
+        else:  # pragma: no cover - the decoder only yields client packets in the server role
+            raise protocol_violation(f"unexpected {type(packet).__name__}")
+        return None
+
+    def _on_publish(self, packet: Publish, now: float) -> Event | None:
+        if self.state is not ConnectionState.CONNECTED:
+            raise protocol_violation("PUBLISH before CONNECT")
+        stats = self.stats
+        stats.messages_received += 1
+        qos = packet.qos
+        props = packet.properties
+        topic = packet.topic
+        if qos > self.limits.max_qos:
+            # [MQTT-3.2.2-11]: a QoS above Maximum QoS is answered with DISCONNECT 0x9B.
+            raise ProtocolError(ReasonCode.QOS_NOT_SUPPORTED, f"QoS {qos} exceeds Maximum QoS")
+        if packet.retain and not self.limits.retain_available:
+            raise ProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED, "retain is not available")  # [MQTT-3.2.2-14]
+        if self.protocol_level == MQTT_5:
+            alias = props.topic_alias
+            if alias is not None:
+                # [MQTT-3.3.2-9] [MQTT-3.3.2-10]: 0 and values above our Topic Alias Maximum.
+                if alias > self.limits.topic_alias_maximum:
+                    raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+                if topic:
+                    self.aliases_in[alias] = topic
+                else:
+                    known = self.aliases_in.get(alias)
+                    if known is None:
+                        raise protocol_violation(f"unknown topic alias {alias}")
+                    topic = known
+            if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+                # §3.3.2.3.2: the receiver may check the payload format and answer 0x99.
+                if qos == 0:
+                    raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8")
+                assert packet.packet_id is not None
+                self._begin_inbound(packet.packet_id, qos)
+                self.acknowledge(qos, packet.packet_id, ReasonCode.PAYLOAD_FORMAT_INVALID)
+                return None
+            expiry = props.message_expiry_interval
+            message = Message(
+                topic,
+                packet.payload,
+                qos,
+                packet.retain,
+                forwarded_properties(props),
+                publisher_id=self.client_id,
+                expiry_deadline=None if expiry is None else now + expiry,
+            )
+        else:
+            message = Message(topic, packet.payload, qos, packet.retain, publisher_id=self.client_id)
+        if qos == 0:
+            return MessageReceived(message, 0)
+        packet_id = packet.packet_id
+        assert packet_id is not None
+        session = self.session
+        assert session is not None
+        if qos == 2 and packet_id in session.inbound_qos2:
+            # A resend of a QoS 2 PUBLISH already PUBREC'd: answer PUBREC again, deliver nothing
+            # again [MQTT-4.3.3-10].
+            self._reply(encode(PubRec(packet_id), self.protocol_level))
+            return None
+        if packet_id in self._unacked_in:
+            return None  # a resend of a message the broker has not acknowledged yet
+        self._begin_inbound(packet_id, qos)
+        return MessageReceived(message, packet_id)
+
+    def _begin_inbound(self, packet_id: int, qos: int) -> None:
+        session = self.session
+        assert session is not None
+        unacked = len(self._unacked_in) + len(session.inbound_qos2)
+        if unacked >= self.limits.receive_maximum and self.protocol_level == MQTT_5:
+            # [MQTT-3.3.4-9]: more unacknowledged QoS>0 PUBLISH packets than our Receive Maximum.
+            raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+        self._unacked_in[packet_id] = qos
+
+    def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0) -> None:
+        """Send the PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH: call only once the
+        message is as safe as the broker promises (routed; on disk when durable)."""
+        if self._unacked_in.pop(packet_id, None) is None:
+            return
+        level = self.protocol_level
+        if level != MQTT_5 and reason_code >= 0x80:
+            return  # 3.1.1 has no negative acknowledgement; the message is dropped silently
+        if level != MQTT_5:
+            reason_code = 0
+        if qos == 1:
+            self._reply(encode(PubAck(packet_id, reason_code), level))
+        else:
+            if reason_code < 0x80:
+                assert self.session is not None
+                self.session.inbound_qos2.add(packet_id)
+            self._reply(encode(PubRec(packet_id, reason_code), level))
+        self.wake()
+
+    def _on_puback(self, packet: PubAck) -> None:
+        session = self.session
+        assert session is not None
+        flight = session.inflight.get(packet.packet_id)
+        if flight is not None and flight.state is InflightState.AWAIT_PUBACK:
+            del session.inflight[packet.packet_id]
+            if session.outbox:
+                self.wake()
+
+    def _on_pubrec(self, packet: PubRec) -> None:
+        session = self.session
+        assert session is not None
+        pid = packet.packet_id
+        flight = session.inflight.get(pid)
+        if flight is None or flight.state is InflightState.AWAIT_PUBACK:
+            # [MQTT-4.3.3-?] §4.3.3: a PUBREC for an id we do not know is answered by PUBREL
+            # 0x92 Packet Identifier not found on v5.
+            self._reply(encode(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
+            return
+        if packet.reason_code >= 0x80:
+            # A failed PUBREC ends the flow: the message is discarded [MQTT-4.3.3-4] (v5).
+            del session.inflight[pid]
+            if session.outbox:
+                self.wake()
+            return
+        flight.state = InflightState.AWAIT_PUBCOMP
+        self._reply(encode(PubRel(pid), self.protocol_level))  # [MQTT-4.3.3-4]
+
+    def _on_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        assert session is not None
+        pid = packet.packet_id
+        if pid in session.inbound_qos2:
+            session.inbound_qos2.discard(pid)
+            self._reply(encode(PubComp(pid), self.protocol_level))  # [MQTT-4.3.3-11]
+        else:
+            self._reply(encode(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
+
+    def _on_pubcomp(self, packet: PubComp) -> None:
+        session = self.session
+        assert session is not None
+        flight = session.inflight.get(packet.packet_id)
+        if flight is not None and flight.state is InflightState.AWAIT_PUBCOMP:
+            del session.inflight[packet.packet_id]
+            if session.outbox:
+                self.wake()
+
+    def _on_disconnect(self, packet: Disconnect) -> Event:
+        if self.protocol_level == MQTT_5:
+            expiry = packet.properties.session_expiry_interval
+            if expiry is not None and expiry != 0 and self.session_expiry_at_connect == 0:
+                # [MQTT-3.14.2-2]: setting a non-zero expiry at DISCONNECT after 0 at CONNECT.
+                raise protocol_violation("session expiry set at DISCONNECT after 0 in CONNECT")
+        self.state = ConnectionState.CLOSED  # nothing after DISCONNECT is read [MQTT-3.14.4-2]
+        return DisconnectReceived(packet)
+
+    # --- the broker's answers --------------------------------------------------------------------
+
+    def accept(self, session: Session, connack: bytes, client: Connect) -> None:
+        """CONNECT accepted: attach the session and queue the CONNACK, then resend what the
+        session had in flight [MQTT-4.4.0-1]."""
+        self.state = ConnectionState.CONNECTED
+        self.session = session
+        session.connection = self
+        self.client_id = session.client_id
+        props = client.properties
+        if self.protocol_level == MQTT_5:
+            if props.receive_maximum is not None:
+                self.send_window = min(props.receive_maximum, self.limits.max_inflight)
+            if props.maximum_packet_size is not None:
+                self.client_max_packet_size = props.maximum_packet_size
+            self.client_topic_alias_maximum = props.topic_alias_maximum or 0
+            self.session_expiry_at_connect = props.session_expiry_interval or 0
+        self._control.append(connack)
+        level = self.protocol_level
+        for pid, flight in session.inflight.items():
+            if flight.state is InflightState.AWAIT_PUBCOMP:
+                self._reply(encode(PubRel(pid), level))
+            else:
+                d = flight.delivery
+                self._control.append(
+                    d.message.encode(
+                        level, d.qos, d.retain, dup=True, packet_id=pid, subscription_ids=d.subscription_ids
+                    )
+                )
+        self.wake()
+
+    def reject(self, connack: bytes) -> None:
+        """CONNECT refused: the CONNACK is the last thing written [MQTT-3.2.2-7]."""
+        self.state = ConnectionState.CLOSED
+        self._control.append(connack)
+        self.wake()
+
+    def send(self, packet: Packet) -> None:
+        """Queue a control packet (SUBACK, UNSUBACK, DISCONNECT, ...)."""
+        self._reply(encode(packet, self.protocol_level))
+
+    def _reply(self, data: bytes) -> None:
+        self._control.append(data)
+        self.wake()
+
+    def close(self) -> None:
+        self.state = ConnectionState.CLOSED
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state is ConnectionState.CONNECTED
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def has_output(self) -> bool:
+        """Whether `take_output` would return something now."""
+        if self._control:
+            return True
+        session = self.session
+        if session is None or self.state is not ConnectionState.CONNECTED or not session.outbox:
+            return False
+        return session.outbox.peek().qos == 0 or len(session.inflight) < self.send_window
+
+    def take_output(self, now: float, limit_bytes: int = 1 << 62) -> list[bytes]:
+        """What there is to write now, about ``limit_bytes`` at most: control packets first, then
+        queued deliveries as far as the send window (the client's Receive Maximum) allows
+        [MQTT-3.3.4-7]."""
+        out = self._control
+        self._control = []
+        session = self.session
+        if session is None or self.state is not ConnectionState.CONNECTED:
+            return out
+        outbox = session.outbox
+        if not outbox:
+            return out
+        inflight = session.inflight
+        window = self.send_window
+        level = self.protocol_level
+        stats = self.stats
+        max_size = self.client_max_packet_size
+        aliases = self.aliases_out if self.client_topic_alias_maximum else None
+        size = 0
+        while outbox:
+            delivery = outbox.peek()
+            qos = delivery.qos
+            if qos and len(inflight) >= window:
+                break
+            outbox.pop()
+            message = delivery.message
+            if message.expiry_deadline is not None and now >= message.expiry_deadline:
+                stats.messages_expired += 1  # [MQTT-3.3.2-5]: expired messages are not sent
+                continue
+            pid = session.allocate_packet_id() if qos else 0
+            alias = 0
+            send_topic = True
+            new_alias = False
+            if aliases is not None:
+                alias = aliases.get(message.topic, 0)
+                if alias:
+                    send_topic = False
+                elif len(aliases) < self.client_topic_alias_maximum:
+                    alias = aliases[message.topic] = len(aliases) + 1
+                    new_alias = True
+            data = message.encode(
+                level,
+                qos,
+                delivery.retain,
+                packet_id=pid,
+                subscription_ids=delivery.subscription_ids,
+                topic_alias=alias,
+                send_topic=send_topic,
+                now=now,
+            )
+            if len(data) > max_size:
+                # Never send a packet over the client's Maximum Packet Size; the message is
+                # discarded for this client as if it had been sent [MQTT-3.1.2-24, MQTT-3.1.2-25].
+                stats.messages_too_large += 1
+                if new_alias and aliases is not None:
+                    del aliases[message.topic]
+                continue
+            if qos:
+                inflight[pid] = Inflight(
+                    delivery, InflightState.AWAIT_PUBACK if qos == 1 else InflightState.AWAIT_PUBREC
+                )
+            out.append(data)
+            stats.messages_sent += 1
+            size += len(data)
+            if size >= limit_bytes:
+                break
+        return out
+
+    @property
+    def keep_alive_timeout(self) -> float | None:
+        """Seconds of silence after which the client is gone: 1.5 times Keep Alive [MQTT-3.1.2-24]."""
+        if self.state is ConnectionState.AWAIT_CONNECT:
+            return None
+        return self.keep_alive * 1.5 if self.keep_alive else None
+
+    def properties_for_disconnect(self, reason: str) -> Properties:
+        return Properties(reason_string=reason) if reason else Properties()
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _nothing() -> None:
+    return None

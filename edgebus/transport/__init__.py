@@ -1,0 +1,1 @@
+"""Transports: each presents an accepted connection as a trio Stream."""
