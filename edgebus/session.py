@@ -408,9 +408,9 @@ class Connection:
         if self._unacked_in.pop(packet_id, None) is None:
             return
         level = self.protocol_level
-        if level != MQTT_5 and reason_code >= 0x80:
-            return  # 3.1.1 has no negative acknowledgement; the message is dropped silently
         if level != MQTT_5:
+            # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
+            # (and counted), as Mosquitto does; withholding the ack would stall the client.
             reason_code = 0
         if qos == 1:
             self._reply(encode(PubAck(packet_id, reason_code), level))
@@ -419,7 +419,6 @@ class Connection:
                 assert self.session is not None
                 self.session.inbound_qos2.add(packet_id)
             self._reply(encode(PubRec(packet_id, reason_code), level))
-        self.wake()
 
     def _on_puback(self, packet: PubAck) -> None:
         session = self.session

@@ -277,3 +277,13 @@ def test_garbage_after_valid_packets_closes_without_waiting_for_more_input() -> 
     assert isinstance(first, MessageReceived)
     assert isinstance(second, ProtocolViolation)
     assert second.error.reason_code is ReasonCode.MALFORMED_PACKET
+
+
+def test_refused_publish_is_still_acknowledged_on_3_1_1() -> None:
+    # 3.1.1 has no negative PUBACK: a message the broker refuses (quota, not authorized) is
+    # acknowledged and dropped, or the client's in-flight window would stall.
+    peer = Peer(level=4)
+    (event,) = peer.feed(Publish("t", b"x", qos=1, packet_id=4))
+    assert isinstance(event, MessageReceived)
+    peer.conn.acknowledge(1, 4, ReasonCode.QUOTA_EXCEEDED)
+    assert peer.take() == [PubAck(4)]
