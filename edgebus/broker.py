@@ -53,7 +53,11 @@ from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
 
 log = logging.getLogger("edgebus.broker")
 
-RECEIVE_BYTES = 65536
+#: Bytes asked of one read. Small on purpose: a read's packets are routed before anything else
+#: runs, so with 4 publishers reading 64 KiB each a round ingested ~3,000 messages while a
+#: subscriber's queue holds 1,000, and fan-in dropped half (80k msg/s delivered); 8 KiB
+#: interleaves ingest with the flusher and delivered 152k msg/s with no loss (bench fanin-q0).
+RECEIVE_BYTES = 8192
 #: A connection must send CONNECT within this many seconds of opening.
 CONNECT_TIMEOUT_S = 10.0
 #: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT).
