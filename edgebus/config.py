@@ -32,6 +32,7 @@ __all__ = [
     "ServerConfig",
     "Setting",
     "SettingInfo",
+    "StorageConfig",
     "SysConfig",
     "Text",
     "iter_settings",
@@ -462,6 +463,22 @@ class QueueConfig:
     )
 
 
+Durability = Literal["fsync", "os", "memory"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """[storage]: the durable state (sessions, queues, in-flight and retained messages) in server.data_dir."""
+
+    durability: Durability = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        "fsync",
+        OneOf(get_args(Durability)),
+        "when a QoS 1/2 message counts as safe: fsync = on disk before PUBACK/PUBREC (survives power loss);"
+        " os = handed to the OS (survives a broker crash, not a power cut); memory = never stored",
+    )
+    max_bytes: int = setting(0, IntRange(0, 2**50), "cap on the store's size on disk, in bytes; 0 = no cap")
+
+
 @dataclass(frozen=True, slots=True)
 class SysConfig:
     """[sys]: the $SYS status topics."""
@@ -478,6 +495,7 @@ class Config:
     server: ServerConfig = section(ServerConfig, "addresses, data directory, logging")  # noqa: RUF009
     mqtt: MqttConfig = section(MqttConfig, "protocol limits and announced features")  # noqa: RUF009
     queue: QueueConfig = section(QueueConfig, "per-session delivery queue bounds")  # noqa: RUF009
+    storage: StorageConfig = section(StorageConfig, "durable state")  # noqa: RUF009
     sys: SysConfig = section(SysConfig, "$SYS topics")  # noqa: RUF009
     source: str | None = None
 

@@ -101,7 +101,7 @@ def test_example_file_loads_to_exactly_the_defaults() -> None:
 def test_example_file_sets_every_schema_key() -> None:
     data = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
     keys = [info.key for info in iter_settings()]
-    assert len(keys) == 3 + 11 + 3 + 1
+    assert len(keys) == 3 + 11 + 3 + 2 + 1
     for key in keys:
         table: object = data
         for part in key.split("."):
@@ -276,7 +276,7 @@ def test_unknown_section(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_known_ones() -> None:
     error = parse_error("[mqtt]\nmax_qos = 1\n[bridges]\nx = 1\n")
-    assert str(error) == "test.toml:3: bridges: unknown section; known: server, mqtt, queue, sys"
+    assert str(error) == "test.toml:3: bridges: unknown section; known: server, mqtt, queue, storage, sys"
 
 
 def test_unknown_key(tmp_path: Path) -> None:
@@ -372,6 +372,7 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "mqtt.max_qos": (0, 2),
         "queue.max_messages": (1, 10_000_000),
         "queue.max_bytes": (1024, 2**40),
+        "storage.max_bytes": (0, 2**50),
     }
 
 
