@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -19,7 +20,7 @@ from edgebus.config import Config
 from edgebus.message import Message, forwarded_properties
 from edgebus.outbox import Delivery, Outbox
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, ReasonCode, RetainHandling
+from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, PacketType, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import (
     ConnAck,
@@ -32,6 +33,7 @@ from edgebus.protocol.packets import (
     Unsubscribe,
     Will,
 )
+from edgebus.protocol.properties import read_properties
 from edgebus.router import RetainedIndex, Router, SharedGroup
 from edgebus.session import (
     SESSION_NEVER_EXPIRES,
@@ -40,6 +42,8 @@ from edgebus.session import (
     ConnectionState,
     ConnectReceived,
     DisconnectReceived,
+    Inflight,
+    InflightState,
     MessageReceived,
     ProtocolViolation,
     Session,
@@ -48,6 +52,8 @@ from edgebus.session import (
     UnsubscribeReceived,
 )
 from edgebus.stats import Stats
+from edgebus.store import Store, StoredState
+from edgebus.store.journal import StoreJournal, property_block, wall_time
 from edgebus.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
 from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
 
@@ -142,6 +148,11 @@ class Broker:
             retain_available=mqtt.retain_available,
         )
         self.stats = Stats()
+        durability = config.storage.durability
+        # No store at all with durability "memory": nothing is written, nothing survives a restart.
+        self.store = None if durability == "memory" else Store(config.server.data_dir, durability)
+        self.journal = None if self.store is None else StoreJournal(self.store)
+        self._holding: set[Connection] = set()  # connections with replies waiting for a commit
         self.router: Router[SubscriptionOptions] = Router()
         self.retained: RetainedIndex[Message] = RetainedIndex()
         self.sessions: dict[str, Session] = {}
@@ -154,6 +165,7 @@ class Broker:
         self._session_expiry: dict[str, _Timer] = {}
         self._delayed_wills: dict[str, tuple[_Timer, Will, int]] = {}
         self._shutdown_requested = trio.Event()
+        self._commit_wait = 0  # the store batch the message being routed was written in
         self._listen_scope = trio.CancelScope()
         self._connections: trio.Nursery
         self._connections_open = False
@@ -174,12 +186,22 @@ class Broker:
                 listener.close()
             raise
         self.addresses = [_sockname(listener) for listener in listeners]
+        if self.store is not None:
+            try:
+                state = await trio.to_thread.run_sync(self.store.load)
+            except BaseException:
+                for listener in listeners:
+                    listener.close()
+                raise
+            self._restore(state)
         log.info("edgebus %s listening on %s", __version__, ", ".join(f"{h}:{p}" for h, p in self.addresses))
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self._run_timers)
                 root.start_soon(self._sweep_connections)
                 root.start_soon(self._flush_forever)
+                if self.store is not None:
+                    root.start_soon(self.store.commit_forever, self._on_commit)
                 if self.config.sys.interval > 0:
                     root.start_soon(self._publish_sys_forever, self.config.sys.interval)
                 async with trio.open_nursery() as connections:
@@ -201,6 +223,9 @@ class Broker:
             for client in list(self.clients):
                 client.stream.force_close()
             self.clients.clear()
+            if self.store is not None:
+                # What was journaled but not yet committed (nothing acknowledged waits on it).
+                self.store.finish()
         log.info("edgebus stopped")
 
     def shutdown(self) -> None:
@@ -218,7 +243,11 @@ class Broker:
 
     async def _serve_stream(self, stream: TcpStream) -> None:
         """The reader task of one connection."""
-        client = ClientConnection(self, Connection(self.limits, self.stats), stream, trio.current_time())
+        conn = Connection(self.limits, self.stats)
+        conn.on_hold = self._holding.add
+        if self.store is not None:
+            conn.committed_seq = self.store.committed_seq
+        client = ClientConnection(self, conn, stream, trio.current_time())
         self.clients.add(client)
         try:
             await self._read_loop(client)
@@ -385,9 +414,11 @@ class Broker:
                 return
             if isinstance(event, MessageReceived):
                 message = event.message
+                self._commit_wait = 0
                 reason = self.publish(message, client.conn.session)
                 if message.qos:
-                    conn.acknowledge(message.qos, event.packet_id, reason)
+                    # Acknowledged once everything this message wrote to the store is on disk.
+                    conn.acknowledge(message.qos, event.packet_id, reason, self._commit_wait)
             elif isinstance(event, SubscribeReceived):
                 self._on_subscribe(client, event.subscribe)
             elif isinstance(event, UnsubscribeReceived):
@@ -467,6 +498,8 @@ class Broker:
         pending = self._delayed_wills.pop(client_id, None)
         if pending is not None:
             pending[0].cancelled = True
+            if self.store is not None:
+                self.store.op("will_gone", client_id)
             if connect.clean_start:
                 self._publish_will(pending[1], client_id, pending[2], now)
         expiry_timer = self._session_expiry.pop(client_id, None)
@@ -477,12 +510,9 @@ class Broker:
             session = None
         session_present = session is not None  # [MQTT-3.2.2-2], [MQTT-3.2.2-3]
         if session is None:
-            queue = self.config.queue
-            session = Session(
-                client_id, Outbox(queue.max_messages, queue.max_bytes, queue.overflow, self.stats)
-            )
-            self.sessions[client_id] = session
+            session = self._new_session(client_id)
         session.expiry_interval = expiry
+        self._journal_session(session, level)
         keep_alive = connect.keep_alive
         server_keep_alive: int | None = None
         if v5 and keep_alive > cfg.max_keep_alive:
@@ -510,6 +540,27 @@ class Broker:
         self.stats.clients_total += 1
         log.debug("client %s connected (v%d, session present %s)", client_id, level, session_present)
 
+    def _new_session(self, client_id: str) -> Session:
+        queue = self.config.queue
+        session = Session(client_id, Outbox(queue.max_messages, queue.max_bytes, queue.overflow, self.stats))
+        self.sessions[client_id] = session
+        return session
+
+    def _journal_session(self, session: Session, protocol_level: int) -> None:
+        """A session that outlives its connection is kept in the store; one that ends with it is not."""
+        journal = self.journal
+        if journal is None:
+            return
+        if session.expiry_interval == 0:
+            if session.journal is not None:
+                journal.session_gone(session)
+                session.journal = None
+                session.outbox.on_discard = None
+            return
+        session.journal = journal
+        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
+        journal.session_saved(session, protocol_level)
+
     def _take_over(self, session: Session, clean_start: bool) -> None:
         """A second connection with the same client id: the first is closed with 0x8E
         [MQTT-3.1.4-3]; its will goes out now unless the delay defers it past the new connection."""
@@ -534,6 +585,7 @@ class Broker:
         expiry = disconnect.properties.session_expiry_interval
         if session is not None and expiry is not None and conn.protocol_level == MQTT_5:
             session.expiry_interval = min(expiry, self.config.mqtt.max_session_expiry_interval)
+            self._journal_session(session, conn.protocol_level)
         self._close(client)
 
     def _connection_lost(self, client: ClientConnection) -> None:
@@ -542,6 +594,8 @@ class Broker:
         if session is None or session.connection is not conn:
             return  # never accepted, or taken over by a newer connection
         session.connection = None
+        if session.journal is not None and self.journal is not None:
+            self.journal.session_away(session)
         now = trio.current_time()
         will = client.will
         client.will = None
@@ -555,6 +609,18 @@ class Broker:
                 level = conn.protocol_level
                 timer = self._schedule(now + delay, lambda: self._fire_delayed_will(cid))
                 self._delayed_wills[cid] = (timer, will, level)
+                if self.store is not None:
+                    self.store.op(
+                        "will",
+                        cid,
+                        will.topic,
+                        will.payload,
+                        will.qos,
+                        int(will.retain),
+                        property_block(will.properties) if level == MQTT_5 else None,
+                        level,
+                        time.time() + delay,
+                    )
         self._redistribute_shared(session)
         if session.expiry_interval == 0:
             self._discard_session(session)
@@ -566,6 +632,8 @@ class Broker:
 
     def _fire_delayed_will(self, client_id: str) -> None:
         pending = self._delayed_wills.pop(client_id, None)
+        if self.store is not None:
+            self.store.op("will_gone", client_id)
         if pending is not None:
             self._publish_will(pending[1], client_id, pending[2], trio.current_time())
 
@@ -578,6 +646,9 @@ class Broker:
 
     def _discard_session(self, session: Session) -> None:
         self._redistribute_shared(session)
+        if session.journal is not None and self.journal is not None:
+            self.journal.session_gone(session)
+            session.journal = None
         self.router.unsubscribe_all(session.client_id)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -610,6 +681,19 @@ class Broker:
                 self.retained.set(topic, message)  # [MQTT-3.3.1-5]
             else:
                 self.retained.clear(topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+            store = self.store
+            if store is not None and publisher is not None:  # $SYS is not worth a disk write
+                if message.payload:
+                    self._commit_wait = store.op(
+                        "retain",
+                        topic,
+                        message.payload,
+                        message.qos,
+                        property_block(message.properties),
+                        wall_time(message.expiry_deadline),
+                    )
+                else:
+                    self._commit_wait = store.op("unretain", topic)
         matches, groups = self.router.match(topic)
         if not matches and not groups:
             return ReasonCode.NO_MATCHING_SUBSCRIBERS
@@ -666,6 +750,8 @@ class Broker:
             return True  # QoS 0 is not queued for a disconnected session (§4.1: "MAY")
         if not session.outbox.offer(delivery):
             return False
+        if delivery.qos and session.journal is not None and self.journal is not None:
+            self._commit_wait = self.journal.delivery_queued(session, delivery)
         if conn is not None:
             conn.wake()
         return True
@@ -696,6 +782,8 @@ class Broker:
         """Deliveries for a shared subscription that this session will not acknowledge go to
         another member of the group (§4.8.2)."""
         for delivery in session.take_shared_deliveries():
+            if session.journal is not None:
+                session.journal.delivery_finished(session, delivery)
             group = delivery.share_group
             assert isinstance(group, SharedGroup)
             if delivery.qos == 0:
@@ -717,6 +805,7 @@ class Broker:
             return
         sub_id = sub_ids[0] if sub_ids else None
         failure = ReasonCode.UNSPECIFIED_ERROR
+        wait = 0  # a persistent session's SUBACK waits until its subscriptions are on disk
         codes: list[int] = []
         to_send: list[tuple[str, SubscriptionOptions]] = []
         for sub in subscribe.subscriptions:
@@ -748,13 +837,24 @@ class Broker:
             )
             is_new = self.router.subscribe(session.client_id, sub.topic_filter, opts)
             session.subscriptions[sub.topic_filter] = opts
+            if session.journal is not None and self.store is not None:
+                wait = self.store.op(
+                    "sub",
+                    session.client_id,
+                    sub.topic_filter,
+                    qos,
+                    int(opts.no_local),
+                    int(opts.retain_as_published),
+                    int(opts.retain_handling),
+                    sub_id,
+                )
             codes.append(qos)
             if group is None and (
                 opts.retain_handling is RetainHandling.SEND_ON_SUBSCRIBE
                 or (opts.retain_handling is RetainHandling.SEND_IF_NEW_SUBSCRIPTION and is_new)
             ):
                 to_send.append((topic_filter, opts))  # [MQTT-3.3.1-9]; not for shared [MQTT-3.8.4-?]
-        conn.send(SubAck(subscribe.packet_id, tuple(codes)))  # [MQTT-3.8.4-1]
+        conn.send(SubAck(subscribe.packet_id, tuple(codes)), wait)  # [MQTT-3.8.4-1]
         if to_send:
             self._send_retained(session, to_send)
 
@@ -780,8 +880,102 @@ class Broker:
         for topic_filter in unsubscribe.topic_filters:
             existed = self.router.unsubscribe(session.client_id, topic_filter)
             session.subscriptions.pop(topic_filter, None)
+            if existed and session.journal is not None and self.store is not None:
+                self.store.op("unsub", session.client_id, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
         conn.send(UnsubAck(unsubscribe.packet_id, tuple(codes)))  # [MQTT-3.10.4-4]
+
+    # --- the durable store ------------------------------------------------------------------------
+
+    def _on_commit(self, seq: int) -> None:
+        """Batch ``seq`` is on disk: the replies that waited for it go out."""
+        holding = self._holding
+        if holding:
+            for conn in list(holding):
+                if not conn.release(seq):
+                    holding.discard(conn)
+
+    def _restore(self, state: StoredState) -> None:
+        """Rebuild sessions, subscriptions, queues, in-flight messages, retained messages and
+        delayed wills from the store; expiry times continue from where they stood."""
+        now = trio.current_time()
+        wall = time.time()
+        journal = self.journal
+        store = self.store
+        assert journal is not None and store is not None
+
+        def deadline(expires_at: float | None) -> float | None:
+            return None if expires_at is None else now + (expires_at - wall)
+
+        def props(block: bytes | None) -> Properties:
+            return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]
+
+        messages: dict[int, Message] = {}
+        for mid, row in state.messages.items():
+            message = Message(
+                row.topic,
+                row.payload,
+                row.qos,
+                row.retain,
+                props(row.properties),
+                publisher_id=row.publisher,
+                expiry_deadline=deadline(row.expires_at),
+            )
+            message.store_id = mid
+            messages[mid] = message
+        states = {
+            1: InflightState.AWAIT_PUBACK,
+            2: InflightState.AWAIT_PUBREC,
+            3: InflightState.AWAIT_PUBCOMP,
+        }
+        for stored in state.sessions.values():
+            session = self._new_session(stored.client_id)
+            session.expiry_interval = stored.expiry_interval
+            session.journal = journal
+            session.outbox.on_discard = lambda delivery, s=session: journal.delivery_finished(s, delivery)
+            for topic_filter, qos, no_local, rap, handling, sub_id in stored.subscriptions:
+                opts = SubscriptionOptions(qos, no_local, rap, RetainHandling(handling), sub_id)
+                self.router.subscribe(stored.client_id, topic_filter, opts)
+                session.subscriptions[topic_filter] = opts
+            for seq, mid, qos, retain, sub_ids, packet_id, dstate in stored.deliveries:
+                message = messages[mid]
+                delivery = Delivery(message, qos, retain, sub_ids)
+                delivery.store_seq = seq
+                message.store_refs += 1
+                if packet_id and dstate in states:
+                    session.inflight[packet_id] = Inflight(delivery, states[dstate])  # resent with DUP
+                else:
+                    session.outbox.restore(delivery)
+            session.inbound_qos2.update(stored.inbound_qos2)
+            if stored.expiry_interval != SESSION_NEVER_EXPIRES:
+                away = stored.disconnected_at if stored.disconnected_at is not None else wall
+                remaining = stored.expiry_interval - (wall - away)
+                cid = stored.client_id
+                self._session_expiry[cid] = self._schedule(
+                    now + max(0.0, remaining), functools.partial(self._expire_session, cid)
+                )
+        for mid, message in messages.items():
+            if message.store_refs == 0:
+                store.op("msg_gone", mid)  # left behind by a crash between two commits
+        for topic, payload, qos, block, expires_at in state.retained:
+            if expires_at is not None and expires_at <= wall:
+                store.op("unretain", topic)
+                continue
+            self.retained.set(
+                topic, Message(topic, payload, qos, True, props(block), expiry_deadline=deadline(expires_at))
+            )
+        for cid, topic, payload, qos, retain, block, level, fire_at in state.wills:
+            will = Will(topic, payload, qos, retain, props(block) if block else Properties())
+            timer = self._schedule(
+                now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)
+            )
+            self._delayed_wills[cid] = (timer, will, level)
+        log.info(
+            "restored %d sessions, %d queued or in-flight messages, %d retained messages from the store",
+            len(state.sessions),
+            sum(len(s.deliveries) for s in state.sessions.values()),
+            len(state.retained),
+        )
 
     # --- timers and $SYS ------------------------------------------------------------------------------
 

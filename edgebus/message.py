@@ -38,6 +38,8 @@ class Message:
         "qos",
         "retain",
         "size",
+        "store_id",
+        "store_refs",
         "topic",
     )
 
@@ -64,6 +66,9 @@ class Message:
         self.expiry_deadline = expiry_deadline
         # What the message costs in a queue budget (payload and topic; close enough for budgets).
         self.size = len(payload) + len(topic) + 32
+        # Its row in the durable store (0: not stored) and how many stored deliveries use it.
+        self.store_id = 0
+        self.store_refs = 0
         self._topic_bytes: bytes | None = None
         self._common_props: bytes | None = None
         self._whole_qos0: dict[tuple[int, bool], bytes] | None = None

@@ -16,7 +16,7 @@ class Delivery:
     """One message on its way to one subscriber: the granted QoS, the RETAIN flag to send and
     the subscription identifiers of the matching subscriptions [MQTT-3.3.4-3]."""
 
-    __slots__ = ("message", "qos", "retain", "share_group", "subscription_ids")
+    __slots__ = ("message", "qos", "retain", "share_group", "store_seq", "subscription_ids")
 
     def __init__(
         self,
@@ -33,6 +33,8 @@ class Delivery:
         # The shared-subscription group this delivery was picked for, so that it can be handed to
         # another member if this one goes away before acknowledging it (§4.8.2).
         self.share_group = share_group
+        # Its row in the durable store (0: not stored).
+        self.store_seq = 0
 
 
 class Outbox:
@@ -42,7 +44,7 @@ class Outbox:
     refuse it (the caller answers a v5 publisher with 0x97 Quota exceeded). Every drop is counted.
     """
 
-    __slots__ = ("_queue", "bytes", "dropped", "max_bytes", "max_messages", "policy", "stats")
+    __slots__ = ("_queue", "bytes", "dropped", "max_bytes", "max_messages", "on_discard", "policy", "stats")
 
     def __init__(
         self, max_messages: int, max_bytes: int, policy: OverflowPolicy, stats: Stats | None = None
@@ -55,6 +57,8 @@ class Outbox:
         self.policy: OverflowPolicy = policy
         self.bytes = 0
         self.dropped = 0
+        # Told about every queued delivery the policy drops (the store forgets it).
+        self.on_discard: Callable[[Delivery], None] | None = None
 
     def __len__(self) -> int:
         return len(self._queue) if self._queue is not None else 0
@@ -78,6 +82,8 @@ class Outbox:
                     self.bytes -= old.message.size
                     self.dropped += 1
                     self.stats.messages_dropped += 1
+                    if self.on_discard is not None:
+                        self.on_discard(old)
             else:
                 self.dropped += 1
                 self.stats.messages_dropped += 1
@@ -85,6 +91,13 @@ class Outbox:
         queue.append(delivery)
         self.bytes += size
         return True
+
+    def restore(self, delivery: Delivery) -> None:
+        """Append a delivery read back from the store (limits were applied when it was queued)."""
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(delivery)
+        self.bytes += delivery.message.size
 
     def push_front(self, delivery: Delivery) -> None:
         """Put back a delivery that was taken but could not be sent yet (not subject to limits)."""

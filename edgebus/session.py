@@ -8,8 +8,10 @@ and nothing imports trio, sockets or the store (a test walks the imports).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from edgebus.message import Message, forwarded_properties
 from edgebus.outbox import Delivery, Outbox
@@ -67,6 +69,19 @@ class Inflight:
         self.state = state
 
 
+class Journal(Protocol):
+    """Where a persistent session records its progress (the durable store implements it).
+
+    Each method only queues a change and returns the number of the commit that will hold it
+    (0: nothing to wait for); a reply that must not outrun the disk waits for that commit."""
+
+    def delivery_sent(self, session: Session, delivery: Delivery, packet_id: int) -> int: ...
+    def delivery_pubrec(self, session: Session, delivery: Delivery, packet_id: int) -> int: ...
+    def delivery_finished(self, session: Session, delivery: Delivery) -> None: ...
+    def inbound_received(self, session: Session, packet_id: int) -> int: ...
+    def inbound_released(self, session: Session, packet_id: int) -> int: ...
+
+
 class Session:
     """The server-side session of one client id (§4.1): it outlives connections unless it expires.
 
@@ -81,6 +96,7 @@ class Session:
         "expiry_interval",
         "inbound_qos2",
         "inflight",
+        "journal",
         "outbox",
         "subscriptions",
     )
@@ -97,6 +113,8 @@ class Session:
         # duplicate and is not delivered again [MQTT-4.3.3-10].
         self.inbound_qos2: set[int] = set()
         self.connection: Connection | None = None
+        # Set for a session that outlives its connection and a broker restart (durable store).
+        self.journal: Journal | None = None
         self._next_packet_id = 1
 
     def allocate_packet_id(self) -> int:
@@ -205,6 +223,7 @@ class Connection:
     __slots__ = (
         "_control",
         "_error",
+        "_held",
         "_packet_index",
         "_packets",
         "_unacked_in",
@@ -213,9 +232,11 @@ class Connection:
         "client_id",
         "client_max_packet_size",
         "client_topic_alias_maximum",
+        "committed_seq",
         "decoder",
         "keep_alive",
         "limits",
+        "on_hold",
         "protocol_level",
         "send_window",
         "session",
@@ -240,6 +261,12 @@ class Connection:
         self._packet_index = 0
         self._error: ProtocolError | None = None
         self._control: list[bytes] = []  # acks, SUBACKs, PINGRESPs: written before queued messages
+        # Replies waiting for a store commit, in order: (commit number, bytes). Once one waits,
+        # everything after it waits too, so acks keep the order of their PUBLISHes [MQTT-4.6.0-2].
+        self._held: deque[tuple[int, bytes]] = deque()
+        self.committed_seq = 0
+        # Called when the first reply is held, so the broker knows to call `release` on commits.
+        self.on_hold: Callable[[Connection], None] = _nothing_for
         # What the client told us in CONNECT (§3.1.2.11).
         self.send_window = limits.max_inflight
         self.client_max_packet_size = 268_435_460
@@ -402,9 +429,9 @@ class Connection:
             raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self._unacked_in[packet_id] = qos
 
-    def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0) -> None:
-        """Send the PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH: call only once the
-        message is as safe as the broker promises (routed; on disk when durable)."""
+    def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0, wait: int = 0) -> None:
+        """Send the PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH once the store has
+        committed batch ``wait`` (0: at once): the message is as safe as the broker promises."""
         if self._unacked_in.pop(packet_id, None) is None:
             return
         level = self.protocol_level
@@ -413,12 +440,17 @@ class Connection:
             # (and counted), as Mosquitto does; withholding the ack would stall the client.
             reason_code = 0
         if qos == 1:
-            self._reply(encode(PubAck(packet_id, reason_code), level))
+            self._reply(encode(PubAck(packet_id, reason_code), level), wait)
         else:
             if reason_code < 0x80:
-                assert self.session is not None
-                self.session.inbound_qos2.add(packet_id)
-            self._reply(encode(PubRec(packet_id, reason_code), level))
+                session = self.session
+                assert session is not None
+                session.inbound_qos2.add(packet_id)
+                if session.journal is not None:
+                    # The id must be on disk before PUBREC, or a resend after a crash would be
+                    # delivered twice [MQTT-4.3.3-10].
+                    wait = max(wait, session.journal.inbound_received(session, packet_id))
+            self._reply(encode(PubRec(packet_id, reason_code), level), wait)
 
     def _on_puback(self, packet: PubAck) -> None:
         session = self.session
@@ -426,6 +458,8 @@ class Connection:
         flight = session.inflight.get(packet.packet_id)
         if flight is not None and flight.state is InflightState.AWAIT_PUBACK:
             del session.inflight[packet.packet_id]
+            if session.journal is not None:
+                session.journal.delivery_finished(session, flight.delivery)
             if session.outbox:
                 self.wake()
 
@@ -442,11 +476,18 @@ class Connection:
         if packet.reason_code >= 0x80:
             # A failed PUBREC ends the flow: the message is discarded [MQTT-4.3.3-4] (v5).
             del session.inflight[pid]
+            if session.journal is not None:
+                session.journal.delivery_finished(session, flight.delivery)
             if session.outbox:
                 self.wake()
             return
         flight.state = InflightState.AWAIT_PUBCOMP
-        self._reply(encode(PubRel(pid), self.protocol_level))  # [MQTT-4.3.3-4]
+        wait = 0
+        if session.journal is not None:
+            # PUBREL only once "PUBREC received" is on disk: after a crash the broker must resend
+            # PUBREL, not the PUBLISH, which the client would take for a new message.
+            wait = session.journal.delivery_pubrec(session, flight.delivery, pid)
+        self._reply(encode(PubRel(pid), self.protocol_level), wait)  # [MQTT-4.3.3-4]
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -454,7 +495,12 @@ class Connection:
         pid = packet.packet_id
         if pid in session.inbound_qos2:
             session.inbound_qos2.discard(pid)
-            self._reply(encode(PubComp(pid), self.protocol_level))  # [MQTT-4.3.3-11]
+            wait = 0
+            if session.journal is not None:
+                # The id's release must be on disk before PUBCOMP, or after a crash a new message
+                # reusing the id would be taken for a duplicate and lost.
+                wait = session.journal.inbound_released(session, pid)
+            self._reply(encode(PubComp(pid), self.protocol_level), wait)  # [MQTT-4.3.3-11]
         else:
             self._reply(encode(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
 
@@ -464,6 +510,8 @@ class Connection:
         flight = session.inflight.get(packet.packet_id)
         if flight is not None and flight.state is InflightState.AWAIT_PUBCOMP:
             del session.inflight[packet.packet_id]
+            if session.journal is not None:
+                session.journal.delivery_finished(session, flight.delivery)
             if session.outbox:
                 self.wake()
 
@@ -513,13 +561,31 @@ class Connection:
         self._control.append(connack)
         self.wake()
 
-    def send(self, packet: Packet) -> None:
-        """Queue a control packet (SUBACK, UNSUBACK, DISCONNECT, ...)."""
-        self._reply(encode(packet, self.protocol_level))
+    def send(self, packet: Packet, wait: int = 0) -> None:
+        """Queue a control packet (SUBACK, UNSUBACK, DISCONNECT, ...), after commit ``wait``."""
+        self._reply(encode(packet, self.protocol_level), wait)
 
-    def _reply(self, data: bytes) -> None:
+    def _reply(self, data: bytes, wait: int = 0) -> None:
+        if wait > self.committed_seq or self._held:
+            if not self._held:
+                self.on_hold(self)
+            self._held.append((wait, data))
+            return
         self._control.append(data)
         self.wake()
+
+    def release(self, committed_seq: int) -> bool:
+        """The store committed batch ``committed_seq``: replies waiting for it go out. Returns
+        whether some still wait."""
+        self.committed_seq = committed_seq
+        held = self._held
+        released = False
+        while held and held[0][0] <= committed_seq:
+            self._control.append(held.popleft()[1])
+            released = True
+        if released:
+            self.wake()
+        return bool(held)
 
     def close(self) -> None:
         self.state = ConnectionState.CLOSED
@@ -557,6 +623,7 @@ class Connection:
         stats = self.stats
         max_size = self.client_max_packet_size
         aliases = self.aliases_out if self.client_topic_alias_maximum else None
+        journal = session.journal
         size = 0
         while outbox:
             delivery = outbox.peek()
@@ -567,6 +634,8 @@ class Connection:
             message = delivery.message
             if message.expiry_deadline is not None and now >= message.expiry_deadline:
                 stats.messages_expired += 1  # [MQTT-3.3.2-5]: expired messages are not sent
+                if journal is not None:
+                    journal.delivery_finished(session, delivery)
                 continue
             pid = session.allocate_packet_id() if qos else 0
             alias = 0
@@ -595,11 +664,23 @@ class Connection:
                 stats.messages_too_large += 1
                 if new_alias and aliases is not None:
                     del aliases[message.topic]
+                if journal is not None:
+                    journal.delivery_finished(session, delivery)
                 continue
             if qos:
                 inflight[pid] = Inflight(
                     delivery, InflightState.AWAIT_PUBACK if qos == 1 else InflightState.AWAIT_PUBREC
                 )
+                if journal is not None and delivery.store_seq:
+                    # A QoS 2 PUBLISH goes out only once its packet id is on disk: resent after a
+                    # crash under another id, the client would deliver it twice.
+                    wait = journal.delivery_sent(session, delivery, pid)
+                    if wait > self.committed_seq or self._held:
+                        if not self._held:
+                            self.on_hold(self)
+                        self._held.append((wait, data))
+                        stats.messages_sent += 1
+                        continue
             out.append(data)
             stats.messages_sent += 1
             size += len(data)
@@ -627,4 +708,8 @@ def _is_utf8(payload: bytes) -> bool:
 
 
 def _nothing() -> None:
+    return None
+
+
+def _nothing_for(_: Connection) -> None:
     return None

@@ -182,13 +182,22 @@ async def _start_edgebus(
     nursery: trio.Nursery, data_dir: Path, overrides: dict[str, dict[str, Any]]
 ) -> BrokerHandle:
     from edgebus.broker import Broker
-    from edgebus.config import Config, ListenAddress, MqttConfig, QueueConfig, ServerConfig, SysConfig
+    from edgebus.config import (
+        Config,
+        ListenAddress,
+        MqttConfig,
+        QueueConfig,
+        ServerConfig,
+        StorageConfig,
+        SysConfig,
+    )
 
     config = Config(
         server=ServerConfig(listen=(ListenAddress("127.0.0.1", 0),), data_dir=str(data_dir)),
         mqtt=MqttConfig(**overrides.get("mqtt", {})),
         queue=QueueConfig(**overrides.get("queue", {})),
         sys=SysConfig(**overrides.get("sys", {})),
+        storage=StorageConfig(**overrides.get("storage", {})),
     )
     broker = Broker(config)
     stopped = trio.Event()
@@ -228,9 +237,10 @@ async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
         mqtt: dict[str, Any] | None = None,
         queue: dict[str, Any] | None = None,
         sys: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
         data_dir: Path | None = None,
     ) -> BrokerHandle:
-        overrides = {"mqtt": mqtt or {}, "queue": queue or {}, "sys": sys or {}}
+        overrides = {"mqtt": mqtt or {}, "queue": queue or {}, "sys": sys or {}, "storage": storage or {}}
         if data_dir is None:
             data_dir = tmp_path / f"broker{len(handles)}"
             data_dir.mkdir()

@@ -1,0 +1,101 @@
+"""A damaged store never stops the broker: it logs what happened, moves the damaged files aside,
+recovers what it can (or starts empty) and serves (issue 3, "Damaged store")."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgebus.protocol import MQTT_5, Publish
+from edgebus.store import DB_NAME, Store
+from tests.clients import PEER, RawClient, Sub
+from tests.conftest import StartBroker
+
+pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's durable store")
+
+
+def _store_with_retained(data_dir: Path, topics: list[str], crash_copy: Path | None = None) -> None:
+    """Commit retained messages; with ``crash_copy``, also copy the files as a crash leaves them
+    (database, WAL and the "open" marker, taken while the store is still open)."""
+    store = Store(data_dir)
+    store.load()
+    for topic in topics:
+        store.op("retain", topic, b"v-" + topic.encode(), 1, None, None)
+    if crash_copy is not None:
+        store._apply(store._pending)
+        store._pending = []
+        crash_copy.mkdir()
+        for path in data_dir.iterdir():
+            shutil.copy(path, crash_copy / path.name)
+    store.finish()
+
+
+async def _retained_topics(host: str, port: int) -> set[str]:
+    reader = await RawClient.connect(host, port, MQTT_5)
+    await reader.mqtt_connect("reader")
+    await reader.subscribe(Sub("#", 1))
+    topics: set[str] = set()
+    try:
+        while True:
+            packet = await reader.receive_packet(timeout=0.5)
+            if isinstance(packet, Publish):
+                topics.add(packet.topic)
+    except AssertionError:  # no more packets
+        pass
+    await reader.aclose()
+    return topics
+
+
+async def _serves(host: str, port: int) -> None:
+    client = await RawClient.connect(host, port, MQTT_5)
+    assert (await client.mqtt_connect("still-serving")).reason_code == 0
+    await client.aclose()
+
+
+async def test_garbage_database_is_moved_aside_and_the_broker_starts(
+    start_broker: StartBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / DB_NAME).write_bytes(b"this is not a database" * 200)
+    with caplog.at_level(logging.ERROR, logger="edgebus.store"):
+        broker = await start_broker(data_dir=data_dir)
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert list(data_dir.glob(f"{DB_NAME}.damaged-*")), "the damaged file is kept for inspection"
+    await _serves(broker.host, broker.port)
+    assert await _retained_topics(broker.host, broker.port) == set()
+
+
+async def test_truncated_database_recovers_what_it_can(
+    start_broker: StartBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    _store_with_retained(data_dir, [f"sensors/{i}" for i in range(2000)])
+    db = data_dir / DB_NAME
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="edgebus.store"):
+        broker = await start_broker(data_dir=data_dir)
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    await _serves(broker.host, broker.port)
+    # Whatever rows could still be read came back; the broker did not refuse to start.
+    recovered = await _retained_topics(broker.host, broker.port)
+    assert recovered <= {f"sensors/{i}" for i in range(2000)}
+
+
+async def test_missing_wal_after_an_unclean_stop_is_reported_and_tolerated(
+    start_broker: StartBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _store_with_retained(tmp_path / "data", ["kept/1"])  # checkpointed into the main file
+    data_dir = tmp_path / "crashed"
+    _store_with_retained(tmp_path / "data", ["in-wal/1"], crash_copy=data_dir)  # only in the WAL
+    wal = data_dir / f"{DB_NAME}-wal"
+    assert wal.exists()
+    wal.unlink()
+    with caplog.at_level(logging.WARNING, logger="edgebus.store"):
+        broker = await start_broker(data_dir=data_dir)
+    assert any("write-ahead log is missing" in r.getMessage() for r in caplog.records)
+    await _serves(broker.host, broker.port)
+    assert "kept/1" in await _retained_topics(broker.host, broker.port)
