@@ -73,6 +73,8 @@ KEEP_ALIVE_SWEEP_S = 0.5
 #: Most bytes one connection is given per flush round (a reconnect with a long queue must not
 #: build one huge buffer nor hold up the others).
 FLUSH_BATCH_BYTES = 256 * 1024
+#: How often (at most) the store's size is compared with [storage] max_bytes.
+STORE_SIZE_CHECK_S = 0.5
 #: How long shutdown waits for connections to take their DISCONNECT before cutting them.
 SHUTDOWN_GRACE_S = 3.0
 
@@ -166,6 +168,8 @@ class Broker:
         self._delayed_wills: dict[str, tuple[_Timer, Will, int]] = {}
         self._shutdown_requested = trio.Event()
         self._commit_wait = 0  # the store batch the message being routed was written in
+        self.store_full = False  # the store reached [storage] max_bytes
+        self._next_size_check = 0.0
         self._listen_scope = trio.CancelScope()
         self._connections: trio.Nursery
         self._connections_open = False
@@ -748,6 +752,11 @@ class Broker:
         conn = session.connection
         if conn is None and delivery.qos == 0:
             return True  # QoS 0 is not queued for a disconnected session (§4.1: "MAY")
+        if delivery.qos and session.journal is not None and self.store_full:
+            # The store is at its byte budget: the new message meets the overflow policy (older
+            # ones are already on disk): refused (0x97 to a v5 publisher) or dropped, counted.
+            self.stats.messages_dropped += 1
+            return self.config.queue.overflow != "refuse"
         if not session.outbox.offer(delivery):
             return False
         if delivery.qos and session.journal is not None and self.journal is not None:
@@ -894,6 +903,30 @@ class Broker:
             for conn in list(holding):
                 if not conn.release(seq):
                     holding.discard(conn)
+        now = trio.current_time()
+        if now >= self._next_size_check:
+            self._next_size_check = now + STORE_SIZE_CHECK_S
+            self._check_store_size()
+
+    def _check_store_size(self) -> None:
+        store = self.store
+        budget = self.config.storage.max_bytes
+        if store is None or not budget:
+            return
+        size = store.size_bytes()
+        full = size >= budget
+        if full != self.store_full:
+            self.store_full = full
+            if full:
+                log.warning(
+                    "store at %d bytes, over its budget of %d: new QoS 1/2 messages for persistent "
+                    "sessions are %s until it shrinks",
+                    size,
+                    budget,
+                    "refused" if self.config.queue.overflow == "refuse" else "dropped",
+                )
+            else:
+                log.warning("store back under its budget (%d of %d bytes)", size, budget)
 
     def _restore(self, state: StoredState) -> None:
         """Rebuild sessions, subscriptions, queues, in-flight messages, retained messages and
@@ -1025,6 +1058,7 @@ class Broker:
             "$SYS/broker/bytes/sent": str(stats.bytes_sent),
             "$SYS/broker/retained messages/count": str(len(self.retained)),
             "$SYS/broker/subscriptions/count": str(self.router.subscription_count),
+            "$SYS/broker/store/bytes": str(self.store.size_bytes() if self.store is not None else 0),
         }
 
     def publish_sys(self) -> None:

@@ -199,6 +199,16 @@ class Store:
             wakeup.set()
         return self.pending_seq
 
+    def size_bytes(self) -> int:
+        """The store's size on disk: the database and its write-ahead log."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += self.path.with_name(DB_NAME + suffix).stat().st_size
+            except OSError:
+                pass
+        return total
+
     def new_message_id(self) -> int:
         mid = self.next_message_id
         self.next_message_id = mid + 1
