@@ -183,7 +183,7 @@ def forwarded_properties(props: Properties) -> Properties:
         props.topic_alias is None
         and not props.subscription_identifiers
         and props.message_expiry_interval is None
-        and props.will_delay_interval is None  # a will's own property [MQTT-3.1.3-?]
+        and props.will_delay_interval is None  # a will's own property (§3.1.3.2.2)
     ):
         return props
     return Properties(

@@ -37,7 +37,7 @@ from edgebus.protocol.packets import (
 )
 from edgebus.stats import Stats
 
-#: Session Expiry Interval meaning "never expires" [MQTT-3.1.2-?; §3.1.2.11.2].
+#: Session Expiry Interval meaning "never expires" (§3.1.2.11.2).
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 MAX_PACKET_ID = 0xFFFF
 
@@ -453,11 +453,16 @@ class Connection:
             self._reply(encode(PubRec(packet_id, reason_code), level), wait)
 
     def _on_puback(self, packet: PubAck) -> None:
+        self._finish_outbound(packet.packet_id, InflightState.AWAIT_PUBACK)  # [MQTT-4.3.2-1]
+
+    def _finish_outbound(self, packet_id: int, expected: InflightState) -> None:
+        """The last acknowledgement of an outbound flow (PUBACK, PUBCOMP): the id is free again
+        and the send window has room for what is queued."""
         session = self.session
         assert session is not None
-        flight = session.inflight.get(packet.packet_id)
-        if flight is not None and flight.state is InflightState.AWAIT_PUBACK:
-            del session.inflight[packet.packet_id]
+        flight = session.inflight.get(packet_id)
+        if flight is not None and flight.state is expected:
+            del session.inflight[packet_id]
             if session.journal is not None:
                 session.journal.delivery_finished(session, flight.delivery)
             if session.outbox:
@@ -469,7 +474,7 @@ class Connection:
         pid = packet.packet_id
         flight = session.inflight.get(pid)
         if flight is None or flight.state is InflightState.AWAIT_PUBACK:
-            # [MQTT-4.3.3-?] §4.3.3: a PUBREC for an id we do not know is answered by PUBREL
+            # §4.3.3: a PUBREC for an id we do not know is answered by PUBREL
             # 0x92 Packet Identifier not found on v5.
             self._reply(encode(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
             return
@@ -505,15 +510,7 @@ class Connection:
             self._reply(encode(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
 
     def _on_pubcomp(self, packet: PubComp) -> None:
-        session = self.session
-        assert session is not None
-        flight = session.inflight.get(packet.packet_id)
-        if flight is not None and flight.state is InflightState.AWAIT_PUBCOMP:
-            del session.inflight[packet.packet_id]
-            if session.journal is not None:
-                session.journal.delivery_finished(session, flight.delivery)
-            if session.outbox:
-                self.wake()
+        self._finish_outbound(packet.packet_id, InflightState.AWAIT_PUBCOMP)  # §4.3.3
 
     def _on_disconnect(self, packet: Disconnect) -> Event:
         if self.protocol_level == MQTT_5:
