@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
 
@@ -411,10 +411,12 @@ class WindowPublisher(MqttClient):
     """
 
     def __init__(self, client_id: str, layout: PublishLayout, payload: bytes, *, window: int,
-                 timestamped: bool = False) -> None:
+                 timestamped: bool = False, ack_latency: bool = False, limit: int | None = None) -> None:
         super().__init__(client_id)
         if layout.qos not in (1, 2):
             raise ValueError("WindowPublisher is for QoS 1 and 2")
+        if ack_latency and (timestamped or layout.qos != 1):
+            raise ValueError("ack latency is measured on self-refilling QoS 1 streams only")
         self.sent = 0
         self.completed = 0
         self.window_full_events = 0
@@ -422,11 +424,30 @@ class WindowPublisher(MqttClient):
         self._qos = layout.qos
         self._window = window
         self._timestamped = timestamped
+        self._limit = limit  # stop refilling after this many messages in all (None: no limit)
         self._payload_tail = payload[TIMESTAMP_BYTES:]
         self._table = () if timestamped else publish_table(layout.topic, layout.qos, payload)
         self._inflight: set[int] = set()
         self._next_packet_id = 1
         self._running = False
+        # PUBACK latency: perf_counter_ns at which each packet id's PUBLISH was written, and the time the
+        # current chunk was read. Samples are kept while `record_ack_latency` is set, for PUBLISHes
+        # written at or after `ack_latency_from_ns`.
+        self._ack_latency = ack_latency
+        self._sent_at_ns = [0] * (MAX_PACKET_ID + 1) if ack_latency else []
+        self._now_ns = 0
+        self.record_ack_latency = False
+        self.ack_latency_from_ns = 0
+        self.ack_latencies_ns: list[int] = []
+
+    @property
+    def limit_reached(self) -> bool:
+        return self._limit is not None and self.sent >= self._limit
+
+    def data_received(self, data: bytes) -> None:
+        if self._ack_latency:
+            self._now_ns = time.perf_counter_ns()
+        super().data_received(data)
 
     @property
     def inflight(self) -> int:
@@ -473,11 +494,19 @@ class WindowPublisher(MqttClient):
         if not self._running or self._timestamped:
             return
         free = self._window - len(self._inflight)
+        if self._limit is not None:
+            free = min(free, self._limit - self.sent)
         if free <= 0 or not self.is_open:
             return
         table = self._table
-        packets = [table[packet_id] for packet_id in self._take_packet_ids(free)]
+        packet_ids = self._take_packet_ids(free)
+        packets = [table[packet_id] for packet_id in packet_ids]
         cast(asyncio.Transport, self.transport).write(b"".join(packets))
+        if self._ack_latency:
+            written_ns = time.perf_counter_ns()
+            sent_at = self._sent_at_ns
+            for packet_id in packet_ids:
+                sent_at[packet_id] = written_ns
         self.sent += free
 
     def _after_receive(self) -> None:
@@ -494,13 +523,30 @@ class WindowPublisher(MqttClient):
         words = array.array("H", data[:end])
         if sys.byteorder == "little":
             words.byteswap()
+        if self.record_ack_latency:
+            self._record_acks(words[1::2])
         before = len(self._inflight)
         self._inflight.difference_update(words[1::2])
         self.completed += before - len(self._inflight)
         return end
 
+    def _record_acks(self, packet_ids: Iterable[int]) -> None:
+        """One PUBACK latency sample per packet id still in flight (a repeated PUBACK is not counted)."""
+        now_ns = self._now_ns
+        since_ns = self.ack_latency_from_ns
+        sent_at = self._sent_at_ns
+        inflight = self._inflight
+        samples = self.ack_latencies_ns
+        for packet_id in packet_ids:
+            if packet_id in inflight:
+                written_ns = sent_at[packet_id]
+                if written_ns >= since_ns:
+                    samples.append(now_ns - written_ns)
+
     def _retire(self, data: bytes, start: int) -> None:
         packet_id = (data[start] << 8) | data[start + 1]
+        if self.record_ack_latency and self._qos == 1:
+            self._record_acks((packet_id,))
         if packet_id in self._inflight:
             self._inflight.discard(packet_id)
             self.completed += 1
@@ -548,6 +594,10 @@ class BrokerProbe(Protocol):
 
     def cpu_seconds(self) -> float: ...
 
+    def io_counters(self) -> dict[str, int]:
+        """The broker's /proc/PID/io counters (write_bytes, rchar, wchar, ...)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ScenarioSettings:
@@ -566,15 +616,20 @@ class ScenarioSettings:
     latency_max_inflight: int = 1000
     idle_connections: int = 5000
     settle_timeout_s: float = 30.0
+    # durable-q1-offline: most messages published while the subscriber is away (all publishers together,
+    # warm-up included); below the brokers' queue caps (Mosquitto max_queued_messages and the
+    # [queue] max_messages the harness gives edgebus in that scenario, both 100,000).
+    offline_max_messages: int = 90_000
 
     @classmethod
     def quick(cls) -> ScenarioSettings:
-        return cls(duration_s=2.0, warmup_s=0.5, grace_s=3.0, latency_duration_s=3.0, settle_timeout_s=10.0)
+        return cls(duration_s=2.0, warmup_s=0.5, grace_s=3.0, latency_duration_s=3.0, settle_timeout_s=10.0,
+                   offline_max_messages=30_000)
 
     @classmethod
     def self_check(cls) -> ScenarioSettings:
         return cls(duration_s=1.0, warmup_s=0.2, grace_s=3.0, latency_duration_s=1.0, idle_connections=200,
-                   fanout_subscribers=10, settle_timeout_s=3.0)
+                   fanout_subscribers=10, settle_timeout_s=3.0, offline_max_messages=10_000)
 
 
 class CpuWindow:
@@ -809,6 +864,190 @@ async def run_latency(host: str, port: int, settings: ScenarioSettings,
         await close_all(clients)
 
 
+IO_FIELDS = ("write_bytes", "cancelled_write_bytes", "read_bytes", "wchar", "rchar", "syscw")
+
+
+def io_delta(probe: BrokerProbe | None, before: dict[str, int] | None) -> dict[str, int] | None:
+    """The broker's /proc/PID/io counters now minus `before` (None if there is no probe or no reading)."""
+    if probe is None or before is None:
+        return None
+    try:
+        after = probe.io_counters()
+    except OSError:
+        return None
+    return {key: after[key] - before[key] for key in IO_FIELDS if key in after and key in before}
+
+
+def io_reading(probe: BrokerProbe | None) -> dict[str, int] | None:
+    if probe is None:
+        return None
+    try:
+        return probe.io_counters()
+    except OSError:
+        return None
+
+
+def per_message(delta: dict[str, int] | None, key: str, messages: int) -> float | None:
+    if delta is None or key not in delta or messages <= 0:
+        return None
+    return round(delta[key] / messages, 1)
+
+
+def ack_latency_figures(publishers: list[WindowPublisher]) -> dict[str, Any]:
+    """p50 / p99 / max of the publishers' PUBACK latencies, in ms, over all of them."""
+    samples = sorted(sample for publisher in publishers for sample in publisher.ack_latencies_ns)
+    if not samples:
+        return {"ack_samples": 0}
+    return {"ack_samples": len(samples),
+            "ack_p50_ms": round(percentile(samples, 0.50) / 1e6, 3),
+            "ack_p99_ms": round(percentile(samples, 0.99) / 1e6, 3),
+            "ack_max_ms": round(samples[-1] / 1e6, 3)}
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
+    deadline = time.perf_counter() + timeout_s
+    while not condition():
+        if time.perf_counter() >= deadline:
+            return False
+        await asyncio.sleep(interval_s)
+    return True
+
+
+async def run_durable(host: str, port: int, settings: ScenarioSettings, probe: BrokerProbe | None = None,
+                      *, offline: bool = False) -> dict[str, Any]:
+    """N QoS 1 publishers -> 1 persistent-session subscriber (clean session 0, QoS 1); msgs/s, PUBACK
+    latency at the publishers and the broker's disk writes per message (/proc/PID/io write_bytes).
+
+    offline: the subscriber subscribes and disconnects first, so every message is queued for it (at most
+    `offline_max_messages`); after the publishers are done it reconnects and drains the queue.
+    """
+    topic = "bench/durable/q1"
+    subscriber_id = "bench-durable-sub"
+    layout = PublishLayout(topic, 1, settings.payload_size)
+    payload = _payload(settings.payload_size)
+    clients: list[MqttClient] = []
+    try:
+        subscriber = await open_client(host, port, Subscriber(subscriber_id, layout, clean_session=False))
+        clients.append(subscriber)
+        await subscriber.subscribe(topic, 1)
+        subscribers = [subscriber]
+        if offline:
+            await subscriber.disconnect()
+            # The broker marks the session away once it has read the DISCONNECT; give it a moment so the
+            # first messages are queued rather than sent to the closing connection.
+            await asyncio.sleep(0.2)
+        budget = settings.offline_max_messages // settings.publishers if offline else None
+        publishers = [
+            await open_client(host, port, WindowPublisher(
+                f"bench-durable-pub{index}", layout, payload, window=settings.window, ack_latency=True,
+                limit=budget))
+            for index in range(settings.publishers)]
+        clients.extend(publishers)
+
+        def received() -> int:
+            return sum(s.received for s in subscribers)
+
+        def acked() -> int:
+            return sum(p.completed for p in publishers)
+
+        for publisher in publishers:
+            publisher.start()
+        if offline:
+            # A fast broker could spend the whole budget in the warm-up: end it after a tenth at most.
+            await wait_until(lambda: acked() >= settings.offline_max_messages // 10, settings.warmup_s,
+                             interval_s=0.005)
+        else:
+            await asyncio.sleep(settings.warmup_s)
+        io_before = io_reading(probe)
+        cpu = CpuWindow(probe)
+        window_start_ns = time.perf_counter_ns()
+        for publisher in publishers:
+            publisher.ack_latency_from_ns = window_start_ns
+            publisher.record_ack_latency = True
+        received_before, acked_before = received(), acked()
+        if offline:
+            # Until the budget is spent and acknowledged, or the measurement time is over.
+            await wait_until(lambda: all(p.limit_reached and not p.inflight for p in publishers),
+                             settings.duration_s, interval_s=0.005)
+        else:
+            await asyncio.sleep(settings.duration_s)
+        received_after, acked_after = received(), acked()
+        io_window = io_delta(probe, io_before)
+        usage = cpu.finish()
+        for publisher in publishers:
+            publisher.record_ack_latency = False
+            publisher.stop()
+        sent = sum(publisher.sent for publisher in publishers)
+        window_s = cast(float, usage["window_s"])
+        accepted_in_window = acked_after - acked_before
+        result: dict[str, Any] = {
+            "msgs_per_s": None if offline else round((received_after - received_before) / window_s),
+            "accepted_per_s": round(accepted_in_window / window_s),
+            "accepted_in_window": accepted_in_window,
+            "backlog_at_end": max(0, acked_after - received_after),
+            **ack_latency_figures(publishers),
+            "window_write_bytes": None if io_window is None else io_window.get("write_bytes"),
+            # Disk bytes per message the broker acknowledged in the window.
+            "bytes_per_msg": per_message(io_window, "write_bytes", accepted_in_window),
+            "window_io": io_window,
+        }
+
+        if offline:
+            # Every message acknowledged, then the subscriber comes back for its queue.
+            await wait_until(lambda: not any(p.inflight for p in publishers), settings.grace_s)
+            queued = acked()
+            io_drain_before = io_reading(probe)
+            drain_started = time.perf_counter()
+            returning = Subscriber(subscriber_id, layout, clean_session=False)
+            clients.append(returning)
+            subscribers.append(returning)
+            await open_client(host, port, returning)
+            last_count, last_change = received(), time.perf_counter()
+            # Until the whole queue is here, or nothing has arrived for a grace period.
+            while received() < queued and time.perf_counter() - last_change < settings.grace_s:
+                await asyncio.sleep(0.01)
+                if received() != last_count:
+                    last_count, last_change = received(), time.perf_counter()
+            drain_s = (time.perf_counter() if received() >= queued else last_change) - drain_started
+            io_drain = io_delta(probe, io_drain_before)
+            io_total = io_delta(probe, io_before)
+            drained = returning.received
+            result |= {
+                "queued": queued,
+                "drained": drained,
+                "drain_s": round(drain_s, 3),
+                "drain_per_s": round(drained / drain_s) if drain_s > 0 else None,
+                "drain_write_bytes": None if io_drain is None else io_drain.get("write_bytes"),
+                # What a queued message costs in all: stored while away, then delivered and deleted.
+                "total_bytes_per_msg": per_message(io_total, "write_bytes", queued),
+                "drain_io": io_drain,
+            }
+        else:
+            await wait_for_delivery(received, sent, grace_s=settings.grace_s, quiet_s=settings.grace_s,
+                                    busy=lambda: any(p.inflight for p in publishers))
+            # A broker may deliver before it acknowledges (edgebus forwards at once and sends PUBACK
+            # after the commit): the last PUBACKs can still be on their way.
+            await wait_until(lambda: not any(p.inflight for p in publishers), settings.grace_s)
+        delivered = received()
+        total_acked = acked()
+        result |= {
+            "sent": sent,
+            "acked": total_acked,
+            "delivered": delivered,
+            # Acknowledged but never delivered: exact when nothing is left unacknowledged (then acked ==
+            # sent); otherwise a lower bound, as an unacknowledged message may have been delivered.
+            "lost": max(0, total_acked - delivered),
+            "extra_deliveries": max(0, delivered - sent),
+            "duplicates_flagged": sum(s.duplicates_flagged for s in subscribers),
+            "unacknowledged": sum(p.inflight for p in publishers),
+            "protocol_errors": sum(c.protocol_errors for c in clients),
+            **usage,
+        }
+        return result
+    finally:
+        await close_all(clients)
+
+
 async def settle_rss(probe: BrokerProbe, timeout_s: float, interval_s: float = 0.5,
                      samples: int = 4) -> tuple[int, bool]:
     """Sample the broker's RSS until `samples` readings in a row agree within max(64 KiB, 0.5 %)."""
@@ -879,7 +1118,8 @@ async def run_idle_rss(host: str, port: int, settings: ScenarioSettings,
         await close_all(clients)
 
 
-SCENARIO_NAMES = ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "latency-q1", "idle-rss")
+SCENARIO_NAMES = ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "latency-q1", "idle-rss", "durable-q1",
+                  "durable-q1-offline")
 
 
 async def run_scenario(name: str, host: str, port: int, settings: ScenarioSettings,
@@ -892,6 +1132,8 @@ async def run_scenario(name: str, host: str, port: int, settings: ScenarioSettin
         "fanout-q0": lambda: run_fanout(host, port, settings, probe),
         "latency-q1": lambda: run_latency(host, port, settings, probe),
         "idle-rss": lambda: run_idle_rss(host, port, settings, probe),
+        "durable-q1": lambda: run_durable(host, port, settings, probe),
+        "durable-q1-offline": lambda: run_durable(host, port, settings, probe, offline=True),
     }
     if name not in runners:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIO_NAMES)}")
@@ -1013,6 +1255,13 @@ def self_check(mosquitto: str | None = None) -> int:
            else [f"rate {r['sent_rate_per_s']}/s"]),
         "idle-rss": lambda r: [] if r["connections"] == r["requested"] and "kib_per_conn" in r
         else [f"connected {r['connections']}/{r['requested']}"],
+        "durable-q1": lambda r: [f"{k}={r[k]}" for k in ("lost", "extra_deliveries", "unacknowledged")
+                                 if r[k]]
+        + ([] if r["delivered"] > 0 and r["ack_samples"] > 0 else ["nothing delivered or no ack samples"])
+        + ([] if r["bytes_per_msg"] is not None else ["no /proc/PID/io reading"]),
+        "durable-q1-offline": lambda r: [f"{k}={r[k]}" for k in ("lost", "extra_deliveries", "unacknowledged")
+                                         if r[k]]
+        + ([] if r["drained"] == r["queued"] > 0 else [f"drained {r['drained']} of {r['queued']}"]),
     }
     for name in SCENARIO_NAMES:
         broker = MosquittoBroker(executable=mosquitto)

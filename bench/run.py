@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
@@ -36,6 +37,17 @@ LOADGEN_CPU_WARNING_PCT = 90.0
 # (whose default is 20) so that both deliver to the subscriber under the same flow-control window.
 INFLIGHT_WINDOW = 100
 MAX_QUEUED_MESSAGES = 100_000
+# Where the brokers' temporary directories (edgebus's --data-dir among them) are made. /proc/PID/io
+# write_bytes only counts writes to a block device, so this must not be tmpfs: /var/tmp is disk-backed by
+# convention (FHS), unlike /tmp on many systems. --workdir overrides it; the run prints the file system.
+DEFAULT_WORK_ROOT = Path("/var/tmp")
+# File systems where write_bytes says nothing about the disk (memory-backed, or FUSE/overlay layers).
+NON_DISK_FILESYSTEMS = ("tmpfs", "ramfs", "overlay", "fuse", "9p", "nfs", "squashfs")
+# edgebus settings for one scenario on top of the default (or --edgebus-config) configuration: in
+# durable-q1-offline the whole offline queue must fit, as in Mosquitto (max_queued_messages).
+EDGEBUS_SCENARIO_CONFIG: dict[str, dict[str, dict[str, Any]]] = {
+    "durable-q1-offline": {"queue": {"max_messages": MAX_QUEUED_MESSAGES}},
+}
 PEER_NAMES = ("mosquitto", "edgebus", "amqtt")
 REFERENCE_PEER = "mosquitto"
 PR_SET_PDEATHSIG = 1
@@ -71,8 +83,9 @@ class BrokerProcess:
 
     name: ClassVar[str] = "broker"
 
-    def __init__(self, *, core: int | None = BROKER_CORE) -> None:
+    def __init__(self, *, core: int | None = BROKER_CORE, work_root: Path | None = None) -> None:
         self.core = core
+        self.work_root = work_root
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -95,7 +108,10 @@ class BrokerProcess:
         return None
 
     def start(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix=f"bench-{self.name}-")
+        if self.work_root is not None:
+            self.work_root.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"bench-{self.name}-",
+                                                dir=None if self.work_root is None else str(self.work_root))
         self.port = free_port()
         command = self.command(self.port, self.workdir)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -169,6 +185,19 @@ class BrokerProcess:
         # utime and stime are fields 14 and 15 of proc(5); fields[0] here is field 3 (state).
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def io_counters(self) -> dict[str, int]:
+        """/proc/PID/io (proc(5)): write_bytes = bytes this process (all its threads) caused to be sent
+        to the block layer, counted when a page cache page is dirtied; wchar = bytes passed to write()
+        and send() of any kind, sockets included."""
+        if self.proc is None:
+            raise OSError("broker not running")
+        counters = {}
+        with open(f"/proc/{self.proc.pid}/io") as io:
+            for line in io:
+                key, _, value = line.partition(":")
+                counters[key.strip()] = int(value)
+        return counters
+
     def version(self) -> str:
         return "?"
 
@@ -179,8 +208,9 @@ class MosquittoBroker(BrokerProcess):
     name = "mosquitto"
     DEFAULT_EXECUTABLE = "/usr/sbin/mosquitto"
 
-    def __init__(self, *, executable: str | None = None, core: int | None = BROKER_CORE) -> None:
-        super().__init__(core=core)
+    def __init__(self, *, executable: str | None = None, core: int | None = BROKER_CORE,
+                 work_root: Path | None = None) -> None:
+        super().__init__(core=core, work_root=work_root)
         self.executable = executable or shutil.which("mosquitto") or self.DEFAULT_EXECUTABLE
 
     def config_text(self, port: int) -> str:
@@ -219,16 +249,70 @@ class MosquittoBroker(BrokerProcess):
         return first[0] if first else "?"
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_text(config: Mapping[str, Any]) -> str:
+    """A configuration of edgebus's shape (tables of scalars and lists, arrays of tables) as TOML."""
+    lines: list[str] = []
+    for name, table in config.items():
+        tables = table if isinstance(table, list) else [table]
+        for entry in tables:
+            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def merged_config(base: Path | None, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if base is not None:
+        with base.open("rb") as file:
+            config = tomllib.load(file)
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
 class EdgebusBroker(BrokerProcess):
-    """edgebus from this repository, run as `python -m edgebus serve` with a fresh data directory."""
+    """edgebus from this repository, run as `python -m edgebus serve` with a fresh data directory.
+
+    config: a TOML file for `--config` (--edgebus-config); overrides: settings on top of it (or of the
+    defaults) for one scenario, written with it to a file in the broker's temporary directory.
+    """
 
     name = "edgebus"
+
+    def __init__(self, *, core: int | None = BROKER_CORE, work_root: Path | None = None,
+                 config: Path | None = None,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        super().__init__(core=core, work_root=work_root)
+        self.config = config
+        self.overrides = overrides or {}
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
 
     def command(self, port: int, workdir: Path) -> list[str]:
         data_dir = workdir / "data"
         data_dir.mkdir()
+        config = self.config
+        if self.overrides:
+            config = workdir / "edgebus.toml"
+            config.write_text(toml_text(merged_config(self.config, self.overrides)))
+        # --listen and --data-dir override the file.
         return [sys.executable, "-m", "edgebus", "serve", "--listen", f"{HOST}:{port}",
-                "--data-dir", str(data_dir)]
+                "--data-dir", str(data_dir), *(["--config", str(config)] if config else [])]
 
     def cwd(self) -> Path | None:
         return REPO_ROOT
@@ -331,6 +415,16 @@ ROWS = (
     Row("latency-q1", "p99_ms", "p99 ms", "ms", Target("ratio_max", 2.0)),
     Row("latency-q1", "max_ms", "max ms", "ms"),
     Row("idle-rss", "kib_per_conn", "KiB/conn", "kib", Target("abs_max", 8.0, "KiB")),
+    Row("durable-q1", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
+    Row("durable-q1", "ack_p50_ms", "ack p50 ms", "ms"),
+    Row("durable-q1", "ack_p99_ms", "ack p99 ms", "ms"),
+    Row("durable-q1", "bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
+    Row("durable-q1", "lost", "lost msgs", "count"),
+    Row("durable-q1-offline", "accepted_per_s", "queued msg/s", "count"),
+    Row("durable-q1-offline", "ack_p99_ms", "ack p99 ms", "ms"),
+    Row("durable-q1-offline", "drain_per_s", "drain msg/s", "count"),
+    Row("durable-q1-offline", "total_bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
+    Row("durable-q1-offline", "lost", "lost msgs", "count"),
 )
 
 
@@ -457,6 +551,16 @@ def print_notes(results: dict[str, dict[str, Any]], peers: list[str]) -> None:
                 print(f"NOTE: {peer} {scenario}: accepted {outcome.get('accepted_per_s', 0):,.0f} msg/s, "
                       f"delivered {outcome['msgs_per_s']:,.0f} msg/s; {outcome['lost']:,.0f} acknowledged "
                       "QoS>0 messages never reached the subscriber")
+            if scenario.startswith("durable-q1") and "error" not in outcome:
+                if outcome.get("lost"):
+                    print(f"NOTE: {peer} {scenario}: {outcome['lost']:,.0f} acknowledged messages never "
+                          "reached the persistent subscriber")
+                if outcome.get("unacknowledged"):
+                    print(f"NOTE: {peer} {scenario}: {outcome['unacknowledged']:,.0f} PUBLISHes still "
+                          "unacknowledged at the end (the lost count is then a lower bound)")
+                if outcome.get("bytes_per_msg") is None:
+                    print(f"NOTE: {peer} {scenario}: no disk-write figure (/proc/PID/io unreadable or "
+                          "nothing acknowledged in the window)")
             if scenario == "latency-q1" and "error" not in outcome and outcome.get("window_full_events"):
                 print(f"NOTE: {peer} latency-q1: publisher window (1000 in flight) was full "
                       f"{outcome['window_full_events']} times; rate {outcome['sent_rate_per_s']}/s")
@@ -469,18 +573,20 @@ def progress_line(scenario: str, peer: str, outcome: dict[str, Any]) -> str:
     if "error" in outcome:
         return f"[{scenario}] {peer}: ERROR {outcome['error']}"
     keys = ("msgs_per_s", "accepted_per_s", "backlog_at_end", "deliveries_per_s", "p50_ms", "p99_ms",
-            "max_ms", "kib_per_conn", "connections", "lost", "loadgen_cpu_pct", "broker_cpu_pct")
+            "max_ms", "ack_p50_ms", "ack_p99_ms", "bytes_per_msg", "drain_per_s", "total_bytes_per_msg",
+            "kib_per_conn", "connections", "lost", "loadgen_cpu_pct", "broker_cpu_pct")
     shown = ", ".join(f"{key}={outcome[key]}" for key in keys if outcome.get(key) is not None)
     return f"[{scenario}] {peer}: {shown}"
 
 
 def run_one(peer: str, scenario: str, settings: loadgen.ScenarioSettings,
-            broker_factory: Callable[[], BrokerProcess]) -> dict[str, Any]:
-    """Start a fresh broker, run one scenario against it, stop the broker (also on errors and Ctrl-C).
+            broker_factory: Callable[[str], BrokerProcess]) -> dict[str, Any]:
+    """Start a fresh broker (for this scenario), run the scenario against it, stop the broker (also on
+    errors and Ctrl-C).
 
     Raises BrokerStartError if the broker does not come up.
     """
-    broker = broker_factory()
+    broker = broker_factory(scenario)
     try:
         broker.start()
         try:
@@ -512,6 +618,20 @@ def combine_runs(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
+def filesystem_of(path: Path) -> dict[str, str]:
+    """Mount point, type and device of the file system holding path (longest match in /proc/self/mounts)."""
+    target = os.path.realpath(path)
+    best = {"mount": "?", "type": "?", "device": "?"}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            mount = mount.replace("\\040", " ")
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if inside and (best["mount"] == "?" or len(mount) >= len(best["mount"])):
+                best = {"mount": mount, "type": fstype, "device": device}
+    return best
+
+
 def machine_info() -> dict[str, Any]:
     model = "?"
     with contextlib.suppress(OSError):
@@ -535,9 +655,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every scenario N times per broker and report the medians (default 1)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
+    parser.add_argument("--edgebus-config", type=Path, metavar="FILE",
+                        help="TOML file given to edgebus as --config (default: its built-in defaults)")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORK_ROOT,
+                        help="where the brokers' temporary directories (edgebus's data dir) are made; "
+                             f"on a real disk, not tmpfs (default {DEFAULT_WORK_ROOT})")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.edgebus_config is not None:
+        try:
+            with args.edgebus_config.open("rb") as file:
+                tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            parser.error(f"--edgebus-config {args.edgebus_config}: {exc}")
     args.scenarios = (loadgen.SCENARIO_NAMES if not args.only
                       else tuple(s.strip() for s in args.only.split(",")))
     unknown = [s for s in args.scenarios if s not in loadgen.SCENARIO_NAMES]
@@ -569,12 +700,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pinning: broker -> core {BROKER_CORE}, loadgen -> core {LOADGEN_CORE}" if pinned
           else "pinning: disabled (fewer than 2 usable cores)")
 
-    factories: dict[str, Callable[[], BrokerProcess]] = {
-        "mosquitto": lambda: MosquittoBroker(executable=args.mosquitto, core=broker_core),
-        "edgebus": lambda: EdgebusBroker(core=broker_core),
-        "amqtt": lambda: AmqttBroker(core=broker_core),
+    work_root: Path = args.workdir.resolve()
+    filesystem = filesystem_of(work_root if work_root.exists() else work_root.parent)
+    print(f"broker directories: {work_root} ({filesystem['type']} on {filesystem['device']}, "
+          f"mounted at {filesystem['mount']})")
+    durable = any(s.startswith("durable-q1") for s in scenarios)
+    if durable and filesystem["type"].startswith(NON_DISK_FILESYSTEMS):
+        print(f"WARNING: {work_root} is on {filesystem['type']}: /proc/PID/io write_bytes will not show the "
+              "disk writes; pass --workdir DIR on a disk-backed file system")
+    if args.edgebus_config is not None:
+        print(f"edgebus config: {args.edgebus_config}")
+    factories: dict[str, Callable[[str], BrokerProcess]] = {
+        "mosquitto": lambda scenario: MosquittoBroker(executable=args.mosquitto, core=broker_core,
+                                                      work_root=work_root),
+        "edgebus": lambda scenario: EdgebusBroker(core=broker_core, work_root=work_root,
+                                                  config=args.edgebus_config,
+                                                  overrides=EDGEBUS_SCENARIO_CONFIG.get(scenario)),
+        "amqtt": lambda scenario: AmqttBroker(core=broker_core, work_root=work_root),
     }
-    versions = {peer: factories[peer]().version() for peer in peers}
+    versions = {peer: factories[peer]("").version() for peer in peers}
     results: dict[str, dict[str, Any]] = {peer: {} for peer in peers}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     start_errors: dict[str, str] = {}
@@ -623,7 +767,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "pinned": {"broker_core": broker_core, "loadgen_core": LOADGEN_CORE if pinned else None},
         "settings": asdict(settings),
-        "broker_settings": {"inflight_window": INFLIGHT_WINDOW, "max_queued_messages": MAX_QUEUED_MESSAGES},
+        "broker_settings": {"inflight_window": INFLIGHT_WINDOW, "max_queued_messages": MAX_QUEUED_MESSAGES,
+                            "edgebus_config": args.edgebus_config and str(args.edgebus_config),
+                            "edgebus_scenario_config": EDGEBUS_SCENARIO_CONFIG},
+        "broker_workdir": {"path": str(work_root), **filesystem},
         "peers": peers,
         "versions": versions,
         "start_errors": start_errors,

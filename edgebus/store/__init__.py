@@ -159,6 +159,30 @@ class StoredState:
     recovered_from: str | None = None  # set when the files were damaged and moved aside
 
 
+def _cancel_out(batch: list[Op]) -> list[Op]:
+    """Drop the deliveries (and messages) created and finished within one batch: a message its
+    subscriber acknowledged before the commit never touches the disk."""
+    born_dlv = {op[1] for op in batch if op[0] == "dlv"}
+    if not born_dlv:
+        return batch
+    dead_dlv = {op[1] for op in batch if op[0] == "dlv_gone"} & born_dlv
+    if not dead_dlv:
+        return batch
+    born_msg = {op[1] for op in batch if op[0] == "msg"}
+    dead_msg = {op[1] for op in batch if op[0] == "msg_gone"} & born_msg
+    kept: list[Op] = []
+    for op in batch:
+        kind = op[0]
+        if kind in ("dlv", "dlv_gone") and op[1] in dead_dlv:
+            continue
+        if kind == "dlv_state" and op[3] in dead_dlv:
+            continue
+        if kind in ("msg", "msg_gone") and op[1] in dead_msg:
+            continue
+        kept.append(op)
+    return kept
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN")
@@ -233,10 +257,11 @@ class Store:
     async def commit_now(
         self, limiter: trio.CapacityLimiter | None = None, on_commit: Callable[[int], None] | None = None
     ) -> None:
-        batch, self._pending = self._pending, []
+        batch = _cancel_out(self._pending)
+        self._pending = []
         seq = self.pending_seq
         self.pending_seq = seq + 1
-        if batch:
+        if batch:  # else everything cancelled out: nothing to write, no thread hop, no wait
             # Not cancellable: a commit half-applied is rolled back by sqlite, but the broker must
             # learn the outcome before it acknowledges anything.
             await trio.to_thread.run_sync(self._apply, batch, limiter=limiter, abandon_on_cancel=False)
@@ -249,29 +274,15 @@ class Store:
     def _apply(self, batch: list[Op]) -> None:
         db = self._db
         assert db is not None
-        # Deliveries and messages created and finished within this batch cancel out.
-        born_dlv = {op[1] for op in batch if op[0] == "dlv"}
-        born_msg = {op[1] for op in batch if op[0] == "msg"}
-        dead_dlv = {op[1] for op in batch if op[0] == "dlv_gone"} & born_dlv
-        dead_msg = {op[1] for op in batch if op[0] == "msg_gone"} & born_msg
-        written = 0
         with _transaction(db):  # the whole batch: one transaction, one fsync
             for op in batch:
-                kind = op[0]
-                if dead_dlv and kind in ("dlv", "dlv_gone") and op[1] in dead_dlv:
-                    continue
-                if dead_dlv and kind == "dlv_state" and op[3] in dead_dlv:
-                    continue
-                if dead_msg and kind in ("msg", "msg_gone") and op[1] in dead_msg:
-                    continue
-                if kind == "session_gone":
+                if op[0] == "session_gone":
                     for sql in _SESSION_GONE:
                         db.execute(sql, (op[1],))
                 else:
-                    db.execute(_APPLY[kind], op[1:])
-                written += 1
+                    db.execute(_APPLY[op[0]], op[1:])
         self.commits += 1
-        self.ops_written += written
+        self.ops_written += len(batch)
 
     # --- opening, loading, closing ---------------------------------------------------------------
 
@@ -454,7 +465,8 @@ class Store:
 
     def finish(self) -> None:
         """Apply what is still pending (at shutdown, from a thread or after the loop) and close."""
-        batch, self._pending = self._pending, []
+        batch = _cancel_out(self._pending)
+        self._pending = []
         if batch and self._db is not None:
             self._apply(batch)
         self.close(clean=True)
