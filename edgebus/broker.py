@@ -16,7 +16,18 @@ from dataclasses import dataclass
 import trio
 
 from edgebus import __version__
+from edgebus.auth import (
+    Access,
+    Acl,
+    Authenticator,
+    FailureTracker,
+    NeedsHash,
+    Verdict,
+    read_acl_file,
+    read_password_file,
+)
 from edgebus.config import Config
+from edgebus.limits import RateQuota
 from edgebus.message import Message, forwarded_properties
 from edgebus.outbox import Delivery, Outbox
 from edgebus.protocol.encoder import encode
@@ -52,10 +63,11 @@ from edgebus.session import (
     UnsubscribeReceived,
 )
 from edgebus.stats import Stats
-from edgebus.store import Store, StoredState
+from edgebus.store import Store, StoredSession, StoredState
 from edgebus.store.journal import StoreJournal, property_block, wall_time
 from edgebus.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
-from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
+from edgebus.transport.listener import ClientStream, Listener, peer_identity
+from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
 log = logging.getLogger("edgebus.broker")
 
@@ -64,8 +76,10 @@ log = logging.getLogger("edgebus.broker")
 #: subscriber's queue holds 1,000, and fan-in dropped half (80k msg/s delivered); 8 KiB
 #: interleaves ingest with the flusher and delivered 152k msg/s with no loss (bench fanin-q0).
 RECEIVE_BYTES = 8192
-#: A connection must send CONNECT within this many seconds of opening.
-CONNECT_TIMEOUT_S = 10.0
+#: Password hashes computed at once in worker threads (PBKDF2 takes ~50-100 ms each).
+HASHING_THREADS = 2
+#: Most remembered read-ACL decisions (client, topic) before the memo is cleared.
+READ_ACL_MEMO_ENTRIES = 65536
 #: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT).
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 #: How often keep-alive deadlines are checked.
@@ -93,18 +107,30 @@ class ClientConnection:
 
     __slots__ = (
         "_broker",
+        "admitted",
         "closing",
         "conn",
         "dirty",
         "last_read",
+        "opened",
         "pending",
+        "pending_connect",
+        "quota",
         "stream",
+        "username",
         "will",
         "writer_running",
     )
 
-    def __init__(self, broker: Broker, conn: Connection, stream: TcpStream, now: float) -> None:
+    def __init__(self, broker: Broker, conn: Connection, stream: ClientStream, now: float) -> None:
         self._broker = broker
+        self.opened = now  # the CONNECT deadline counts from here, however slowly bytes trickle in
+        # Security (issue 4): the authenticated user name, a CONNECT waiting for its verdict (password
+        # hashing, failure delay), and the read quota; all unused when [security]/[limits] are off.
+        self.admitted = False
+        self.username: str | None = None
+        self.pending_connect: tuple[Connect, Verdict | NeedsHash, str | None] | None = None
+        self.quota = broker.new_quota(now)
         self.conn = conn
         self.stream = stream
         self.last_read = now
@@ -175,6 +201,20 @@ class Broker:
         self._connections_open = False
         self._dirty: list[ClientConnection] = []
         self._parked_flusher: trio.lowlevel.Task | None = None
+        # Security and limits (issue 4). Each is None / False when not configured, so that the
+        # PUBLISH path pays one attribute check.
+        self.auth: Authenticator | None = None
+        self.acl: Acl | None = None
+        self._screening_publish = False
+        self._screening_subscribe = False
+        self._usernames: dict[str, str | None] = {}  # client id -> user name, for read checks
+        self._read_memo: dict[tuple[str, str], bool] = {}
+        sec = config.security
+        self._auth_failures = FailureTracker(sec.auth_failure_delay, sec.auth_failure_delay_max)
+        self._hash_limiter = trio.CapacityLimiter(HASHING_THREADS)
+        self._extra_listeners: list[Listener] = []
+        self.refused_connections = 0
+        self.reload_security()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -198,6 +238,7 @@ class Broker:
                     listener.close()
                 raise
             self._restore(state)
+        self._open_extra_listeners(listeners)
         log.info("edgebus %s listening on %s", __version__, ", ".join(f"{h}:{p}" for h, p in self.addresses))
         try:
             async with trio.open_nursery() as root:
@@ -242,11 +283,15 @@ class Broker:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(serve_tcp, listener, self._serve_stream, nursery)
+                for extra in self._extra_listeners:
+                    accepting.start_soon(extra.serve, self._serve_stream, nursery)
 
     # --- one connection ----------------------------------------------------------------------------
 
-    async def _serve_stream(self, stream: TcpStream) -> None:
+    async def _serve_stream(self, stream: ClientStream) -> None:
         """The reader task of one connection."""
+        if self._over_connection_limit(stream):
+            return
         conn = Connection(self.limits, self.stats)
         conn.on_hold = self._holding.add
         if self.store is not None:
@@ -275,6 +320,8 @@ class Broker:
             self._handle_events(client)
             if not data:
                 return
+            if client.pending_connect is not None or client.quota is not None:
+                await self._after_read(client, len(data))  # authentication, rate quota
 
     def _mark_dirty(self, client: ClientConnection) -> None:
         self._dirty.append(client)
@@ -391,7 +438,8 @@ class Broker:
 
     async def _sweep_connections(self) -> None:
         """Close connections that sent nothing for 1.5 x Keep Alive [MQTT-3.1.2-24] (0x8D on v5),
-        or no CONNECT within CONNECT_TIMEOUT_S. One pass over all connections, twice a second."""
+        or no CONNECT within [limits] connect_timeout. One pass over all connections, twice a second."""
+        connect_timeout = self.config.limits.connect_timeout
         while True:
             await trio.sleep(KEEP_ALIVE_SWEEP_S)
             now = trio.current_time()
@@ -400,8 +448,8 @@ class Broker:
                 if client.closing:
                     continue
                 if conn.state is ConnectionState.AWAIT_CONNECT:
-                    if now - client.last_read > CONNECT_TIMEOUT_S:
-                        log.info("%s: no CONNECT within %.0f s", client.stream.remote, CONNECT_TIMEOUT_S)
+                    if now - client.opened > connect_timeout:  # slowloris: counted from the open
+                        log.info("%s: no CONNECT within %g s", client.stream.remote, connect_timeout)
                         self._close(client)
                     continue
                 timeout = conn.keep_alive_timeout
@@ -419,7 +467,10 @@ class Broker:
             if isinstance(event, MessageReceived):
                 message = event.message
                 self._commit_wait = 0
-                reason = self.publish(message, client.conn.session)
+                if self._screening_publish:  # ACL, topic limits, message quota
+                    reason = self._screened_publish(client, message)
+                else:
+                    reason = self.publish(message, client.conn.session)
                 if message.qos:
                     # Acknowledged once everything this message wrote to the store is on disk.
                     conn.acknowledge(message.qos, event.packet_id, reason, self._commit_wait)
@@ -461,6 +512,9 @@ class Broker:
     # --- CONNECT ------------------------------------------------------------------------------------
 
     def _on_connect(self, client: ClientConnection, connect: Connect) -> None:
+        if self.auth is not None and not client.admitted:
+            self._admit(client, connect)  # comes back here once the client is authenticated
+            return
         conn = client.conn
         level = connect.protocol_level
         props = connect.properties
@@ -749,6 +803,8 @@ class Broker:
         return ReasonCode.SUCCESS
 
     def _offer(self, session: Session, delivery: Delivery) -> bool:
+        if self.acl is not None and not self._may_read(session.client_id, delivery.message.topic):
+            return True  # not readable by this client (ACL): silently not delivered, as Mosquitto does
         conn = session.connection
         if conn is None and delivery.qos == 0:
             return True  # QoS 0 is not queued for a disconnected session (§4.1: "MAY")
@@ -809,7 +865,7 @@ class Broker:
         v5 = conn.protocol_level == MQTT_5
         sub_ids = subscribe.properties.subscription_identifiers
         if sub_ids and not cfg.subscription_identifiers:
-            # [MQTT-3.2.2-?] §3.2.2.3.12: 0xA1 when identifiers are not supported.
+            # §3.2.2.3.12: 0xA1 when Subscription Identifiers are not supported.
             self._close(client, ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
             return
         sub_id = sub_ids[0] if sub_ids else None
@@ -836,7 +892,12 @@ class Broker:
             if not cfg.wildcard_subscriptions and ("+" in topic_filter or "#" in topic_filter):
                 codes.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
                 continue
-            qos = min(sub.qos, cfg.max_qos)  # [MQTT-3.9.3-?] the granted QoS may be lower
+            if self._screening_subscribe and (
+                refused := self._screen_subscription(client, session, sub.topic_filter, topic_filter)
+            ):
+                codes.append(refused if v5 else failure)  # ACL 0x87, limits 0x8F / 0x97; 3.1.1: 0x80
+                continue
+            qos = min(sub.qos, cfg.max_qos)  # §3.8.4: the Server may grant a lower QoS
             opts = SubscriptionOptions(
                 qos=qos,
                 no_local=sub.no_local and v5,
@@ -862,7 +923,7 @@ class Broker:
                 opts.retain_handling is RetainHandling.SEND_ON_SUBSCRIBE
                 or (opts.retain_handling is RetainHandling.SEND_IF_NEW_SUBSCRIPTION and is_new)
             ):
-                to_send.append((topic_filter, opts))  # [MQTT-3.3.1-9]; not for shared [MQTT-3.8.4-?]
+                to_send.append((topic_filter, opts))  # [MQTT-3.3.1-9]; none for shared subscriptions (§4.8.2)
         conn.send(SubAck(subscribe.packet_id, tuple(codes)), wait)  # [MQTT-3.8.4-1]
         if to_send:
             self._send_retained(session, to_send)
@@ -930,85 +991,112 @@ class Broker:
 
     def _restore(self, state: StoredState) -> None:
         """Rebuild sessions, subscriptions, queues, in-flight messages, retained messages and
-        delayed wills from the store; expiry times continue from where they stood."""
+        delayed wills from the store; expiry times continue from where they stood. A row that
+        cannot be read back is logged and dropped from the store; everything else is restored."""
         now = trio.current_time()
         wall = time.time()
-        journal = self.journal
         store = self.store
-        assert journal is not None and store is not None
+        assert store is not None
 
         def deadline(expires_at: float | None) -> float | None:
             return None if expires_at is None else now + (expires_at - wall)
 
-        def props(block: bytes | None) -> Properties:
-            return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]
-
         messages: dict[int, Message] = {}
         for mid, row in state.messages.items():
-            message = Message(
-                row.topic,
-                row.payload,
-                row.qos,
-                row.retain,
-                props(row.properties),
-                publisher_id=row.publisher,
-                expiry_deadline=deadline(row.expires_at),
-            )
+            try:
+                message = Message(
+                    row.topic,
+                    row.payload,
+                    row.qos,
+                    row.retain,
+                    _stored_properties(row.properties),
+                    publisher_id=row.publisher,
+                    expiry_deadline=deadline(row.expires_at),
+                )
+            except Exception as exc:
+                log.error("store: message %d is unreadable (%s): dropped", mid, exc)
+                store.op("msg_gone", mid)
+                continue
             message.store_id = mid
             messages[mid] = message
-        states = {
-            1: InflightState.AWAIT_PUBACK,
-            2: InflightState.AWAIT_PUBREC,
-            3: InflightState.AWAIT_PUBCOMP,
-        }
         for stored in state.sessions.values():
-            session = self._new_session(stored.client_id)
-            session.expiry_interval = stored.expiry_interval
-            session.journal = journal
-            session.outbox.on_discard = lambda delivery, s=session: journal.delivery_finished(s, delivery)
-            for topic_filter, qos, no_local, rap, handling, sub_id in stored.subscriptions:
-                opts = SubscriptionOptions(qos, no_local, rap, RetainHandling(handling), sub_id)
-                self.router.subscribe(stored.client_id, topic_filter, opts)
-                session.subscriptions[topic_filter] = opts
-            for seq, mid, qos, retain, sub_ids, packet_id, dstate in stored.deliveries:
-                message = messages[mid]
-                delivery = Delivery(message, qos, retain, sub_ids)
-                delivery.store_seq = seq
-                message.store_refs += 1
-                if packet_id and dstate in states:
-                    session.inflight[packet_id] = Inflight(delivery, states[dstate])  # resent with DUP
+            try:
+                self._restore_session(stored, messages, now, wall)
+            except Exception as exc:
+                # The client will find no session (Session Present 0) and start afresh.
+                log.error("store: session %r is unreadable (%s): dropped", stored.client_id, exc)
+                session = self.sessions.pop(stored.client_id, None)
+                self.router.unsubscribe_all(stored.client_id)
+                if session is not None and self.journal is not None:
+                    self.journal.session_gone(session)
                 else:
-                    session.outbox.restore(delivery)
-            session.inbound_qos2.update(stored.inbound_qos2)
-            if stored.expiry_interval != SESSION_NEVER_EXPIRES:
-                away = stored.disconnected_at if stored.disconnected_at is not None else wall
-                remaining = stored.expiry_interval - (wall - away)
-                cid = stored.client_id
-                self._session_expiry[cid] = self._schedule(
-                    now + max(0.0, remaining), functools.partial(self._expire_session, cid)
-                )
+                    store.op("session_gone", stored.client_id)
         for mid, message in messages.items():
             if message.store_refs == 0:
                 store.op("msg_gone", mid)  # left behind by a crash between two commits
         for topic, payload, qos, block, expires_at in state.retained:
             if expires_at is not None and expires_at <= wall:
-                store.op("unretain", topic)
+                store.op("unretain", topic)  # [MQTT-3.3.2-5]: expired while the broker was down
                 continue
-            self.retained.set(
-                topic, Message(topic, payload, qos, True, props(block), expiry_deadline=deadline(expires_at))
-            )
+            try:
+                retained = Message(
+                    topic, payload, qos, True, _stored_properties(block), expiry_deadline=deadline(expires_at)
+                )
+                self.retained.set(topic, retained)
+            except Exception as exc:
+                log.error("store: retained message on %r is unreadable (%s): dropped", topic, exc)
+                store.op("unretain", topic)
         for cid, topic, payload, qos, retain, block, level, fire_at in state.wills:
-            will = Will(topic, payload, qos, retain, props(block) if block else Properties())
+            try:
+                will = Will(topic, payload, qos, retain, _stored_properties(block))
+            except Exception as exc:
+                log.error("store: delayed will of %r is unreadable (%s): dropped", cid, exc)
+                store.op("will_gone", cid)
+                continue
             timer = self._schedule(
                 now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)
             )
             self._delayed_wills[cid] = (timer, will, level)
         log.info(
             "restored %d sessions, %d queued or in-flight messages, %d retained messages from the store",
-            len(state.sessions),
-            sum(len(s.deliveries) for s in state.sessions.values()),
-            len(state.retained),
+            len(self.sessions),
+            sum(len(s.outbox) + len(s.inflight) for s in self.sessions.values()),
+            len(self.retained),
         )
+
+    def _restore_session(
+        self, stored: StoredSession, messages: dict[int, Message], now: float, wall: float
+    ) -> None:
+        journal = self.journal
+        assert journal is not None
+        session = self._new_session(stored.client_id)
+        session.expiry_interval = stored.expiry_interval
+        session.journal = journal
+        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
+        for topic_filter, qos, no_local, rap, handling, sub_id in stored.subscriptions:
+            opts = SubscriptionOptions(qos, no_local, rap, RetainHandling(handling), sub_id)
+            self.router.subscribe(stored.client_id, topic_filter, opts)
+            session.subscriptions[topic_filter] = opts
+        for seq, mid, qos, retain, sub_ids, packet_id, dstate in stored.deliveries:
+            message = messages.get(mid)
+            if message is None:
+                continue  # its message was unreadable
+            delivery = Delivery(message, qos, retain, sub_ids)
+            delivery.store_seq = seq
+            message.store_refs += 1
+            state = _STORED_INFLIGHT.get(dstate)
+            if packet_id and state is not None:
+                session.inflight[packet_id] = Inflight(delivery, state)  # resent with DUP
+            else:
+                session.outbox.restore(delivery)
+        session.inbound_qos2.update(stored.inbound_qos2)
+        if stored.expiry_interval != SESSION_NEVER_EXPIRES:
+            away = stored.disconnected_at if stored.disconnected_at is not None else wall
+            remaining = stored.expiry_interval - (wall - away)
+            cid = stored.client_id
+            self._session_expiry[cid] = self._schedule(
+                now + max(0.0, remaining), functools.partial(self._expire_session, cid)
+            )
 
     # --- timers and $SYS ------------------------------------------------------------------------------
 
@@ -1072,6 +1160,230 @@ class Broker:
             except Exception:
                 log.exception("publishing $SYS failed")
             await trio.sleep(interval)
+
+    # --- security and limits (issue 4) ----------------------------------------------------------------
+
+    def reload_security(self) -> None:
+        """(Re)read the password and ACL files of [security]: at start and on SIGHUP. Open connections
+        stay; new CONNECTs, SUBSCRIBEs and PUBLISHes meet the new rules, and so does every delivery.
+        A file that cannot be used raises PasswordFileError / AclError and the old rules stay."""
+        sec = self.config.security
+        limits = self.config.limits
+        passwords = read_password_file(sec.password_file) if sec.password_file else None
+        acl = read_acl_file(sec.acl_file) if sec.acl_file else None
+        identities = any(listener.use_identity_as_username for listener in self.config.listener)
+        if sec.allow_anonymous and passwords is None and acl is None and not identities:
+            self.auth = None
+        else:
+            self.auth = Authenticator(sec.allow_anonymous, passwords)
+        self.acl = acl
+        self._read_memo.clear()
+        topic_limits = limits.max_topic_length < 65535 or limits.max_topic_levels > 0
+        self._screening_publish = acl is not None or topic_limits or limits.max_message_rate > 0
+        self._screening_subscribe = acl is not None or topic_limits or limits.max_subscriptions_per_client > 0
+
+    def new_quota(self, now: float) -> RateQuota | None:
+        limits = self.config.limits
+        if not limits.max_message_rate and not limits.max_byte_rate:
+            return None
+        return RateQuota(limits.max_message_rate, limits.max_byte_rate, now)
+
+    def _open_extra_listeners(self, listeners: list[socket.socket]) -> None:
+        """Bind the [[listener]] entries (TLS contexts are built here, so a bad certificate stops the
+        start); on failure close everything opened so far, `listeners` included."""
+        extra: list[Listener] = []
+        try:
+            for listener_config in self.config.listener:
+                listener = Listener(listener_config)
+                extra.append(listener)
+                listener.open()
+        except BaseException:
+            for listener in extra:
+                listener.close()
+            for sock in listeners:
+                sock.close()
+            raise
+        self._extra_listeners = extra
+        for listener in extra:
+            self.addresses.extend(listener.addresses)
+
+    @property
+    def listener_addresses(self) -> list[list[tuple[str, int]]]:
+        """The bound addresses of each [[listener]], in configuration order."""
+        return [listener.addresses for listener in self._extra_listeners]
+
+    def _over_connection_limit(self, stream: ClientStream) -> bool:
+        cap = self.config.limits.max_connections
+        if cap and len(self.clients) >= cap:
+            self.refused_connections += 1
+            log.debug("%s: refused, %d connections open ([limits] max_connections)", stream.remote, cap)
+            stream.force_close()
+            return True
+        return False
+
+    async def _after_read(self, client: ClientConnection, received: int) -> None:
+        """What a read may have to wait for before the next: a CONNECT's authentication, the rate quota.
+        Only this connection's reader waits; the event loop goes on."""
+        if client.pending_connect is not None:
+            await self._finish_admission(client)
+        quota = client.quota
+        if quota is not None and not client.closing:
+            now = trio.current_time()
+            pause = quota.pause(now, received)
+            if pause > 0:
+                # Throttle by not reading: TCP pushes back on the client. A paused reader is not a
+                # silent client, so keep-alive counts from the end of the pause.
+                client.last_read = now + pause
+                await trio.sleep(pause)
+
+    def _admit(self, client: ClientConnection, connect: Connect) -> None:
+        """Authenticate a CONNECT. Decided at once (anonymous, certificate identity, a remembered
+        password): accept now. Otherwise the reader finishes it (`_finish_admission`): a password hash
+        to compute in a thread, or a refusal to delay."""
+        auth = self.auth
+        assert auth is not None
+        identity = peer_identity(client.stream)
+        outcome = auth.check(connect.username, connect.password, identity)
+        username = identity if identity is not None else connect.username
+        if outcome is Verdict.ACCEPT and self._will_allowed(connect, username):
+            self._enter(client, connect, username)
+        else:
+            client.pending_connect = (connect, outcome, username)
+
+    def _will_allowed(self, connect: Connect, username: str | None) -> bool:
+        # The Will Message is published for this client later: it needs write access now (Mosquitto).
+        will = connect.will
+        acl = self.acl
+        if will is None or acl is None:
+            return True
+        return acl.allows(username, connect.client_id, will.topic, Access.WRITE)
+
+    def _enter(self, client: ClientConnection, connect: Connect, username: str | None) -> None:
+        client.admitted = True
+        client.username = username
+        self._on_connect(client, connect)
+        conn = client.conn
+        if conn.session is not None and self.acl is not None:
+            usernames = self._usernames
+            if usernames.get(conn.client_id, "") != username:
+                self._read_memo.clear()  # a new user behind this client id
+            usernames[conn.client_id] = username
+            if len(usernames) > 2 * len(self.sessions) + 1024:
+                # Forget the clients whose sessions are gone (amortised: no hook in session removal).
+                self._usernames = {cid: name for cid, name in usernames.items() if cid in self.sessions}
+
+    async def _finish_admission(self, client: ClientConnection) -> None:
+        assert client.pending_connect is not None
+        connect, outcome, username = client.pending_connect
+        client.pending_connect = None
+        auth = self.auth
+        assert auth is not None
+        if isinstance(outcome, NeedsHash):
+            matched = await trio.to_thread.run_sync(auth.verify, outcome, limiter=self._hash_limiter)
+            if matched:
+                auth.remember(outcome)
+            outcome = Verdict.ACCEPT if matched else Verdict.BAD_CREDENTIALS
+        if client.closing:
+            return
+        host = client.stream.remote.rpartition(":")[0]
+        if outcome is Verdict.ACCEPT:
+            if self._will_allowed(connect, username):
+                self._auth_failures.succeeded(host)
+                self._enter(client, connect, username)
+                self._handle_events(client)  # the packets that came behind the CONNECT
+                return
+            outcome = Verdict.NOT_AUTHORIZED
+        delay = self._auth_failures.failed(host, trio.current_time())
+        log.info(
+            "%s: CONNECT of %r (user %r) refused: %s; answering in %.1f s",
+            client.stream.remote,
+            connect.client_id,
+            username,
+            "bad user name or password" if outcome is Verdict.BAD_CREDENTIALS else "not authorized",
+            delay,
+        )
+        if delay > 0:
+            # Slows a password guesser down without blocking anything but this connection.
+            await trio.sleep(delay)
+        if client.closing:
+            return
+        level = connect.protocol_level
+        if level != MQTT_5:
+            code: int = ConnectReturnCode.NOT_AUTHORIZED  # 3.1.1 0x05, as Mosquitto answers
+        elif outcome is Verdict.BAD_CREDENTIALS:
+            code = ReasonCode.BAD_USER_NAME_OR_PASSWORD  # 0x86
+        else:
+            code = ReasonCode.NOT_AUTHORIZED  # 0x87
+        client.conn.reject(encode(ConnAck(False, code), level))  # [MQTT-3.2.2-7] then close
+        self._close(client)
+
+    def _may_read(self, client_id: str, topic: str) -> bool:
+        """READ access of a session's client to a topic, memoised. A session whose user is not known
+        (restored from the store and not reconnected since) receives nothing until it reconnects."""
+        key = (client_id, topic)
+        allowed = self._read_memo.get(key)
+        if allowed is None:
+            acl = self.acl
+            usernames = self._usernames
+            if acl is None or client_id not in usernames:
+                allowed = acl is None
+            else:
+                allowed = acl.allows(usernames[client_id], client_id, topic, Access.READ)
+            if len(self._read_memo) >= READ_ACL_MEMO_ENTRIES:
+                self._read_memo.clear()
+            self._read_memo[key] = allowed
+        return allowed
+
+    def _screened_publish(self, client: ClientConnection, message: Message) -> int:
+        """`publish` behind the inbound checks: message quota, topic limits, WRITE access. A refusal is
+        the reason code for a v5 PUBACK/PUBREC; a 3.1.1 publisher gets a plain ack (and the message is
+        dropped), as Mosquitto does."""
+        quota = client.quota
+        if quota is not None:
+            quota.messages += 1
+        topic = message.topic
+        if not self._topic_within_limits(topic):
+            return ReasonCode.TOPIC_NAME_INVALID
+        acl = self.acl
+        if acl is not None and not acl.allows(client.username, client.conn.client_id, topic, Access.WRITE):
+            log.debug("client %s (user %r): PUBLISH %r denied", client.conn.client_id, client.username, topic)
+            return ReasonCode.NOT_AUTHORIZED
+        return self.publish(message, client.conn.session)
+
+    def _topic_within_limits(self, topic: str) -> bool:
+        limits = self.config.limits
+        max_length = limits.max_topic_length
+        # Characters first: UTF-8 takes at least one byte each and at most four.
+        if len(topic) > max_length or (len(topic) * 4 > max_length and len(topic.encode()) > max_length):
+            return False
+        return not limits.max_topic_levels or topic.count("/") < limits.max_topic_levels
+
+    def _screen_subscription(
+        self, client: ClientConnection, session: Session, full_filter: str, topic_filter: str
+    ) -> int:
+        """0 if the subscription may be made, else the v5 SUBACK reason code."""
+        if not self._topic_within_limits(topic_filter):
+            return ReasonCode.TOPIC_FILTER_INVALID
+        cap = self.config.limits.max_subscriptions_per_client
+        if cap and full_filter not in session.subscriptions and len(session.subscriptions) >= cap:
+            return ReasonCode.QUOTA_EXCEEDED
+        acl = self.acl
+        if acl is not None and not acl.allows_subscribe(client.username, client.conn.client_id, topic_filter):
+            log.debug("client %s: SUBSCRIBE %r denied", client.conn.client_id, full_filter)
+            return ReasonCode.NOT_AUTHORIZED
+        return 0
+
+
+_STORED_INFLIGHT = {
+    1: InflightState.AWAIT_PUBACK,
+    2: InflightState.AWAIT_PUBREC,
+    3: InflightState.AWAIT_PUBCOMP,
+}
+
+
+def _stored_properties(block: bytes | None) -> Properties:
+    """PUBLISH properties as the store keeps them: the wire block, or None for none."""
+    return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]
 
 
 def _sockname(listener: socket.socket) -> tuple[str, int]:

@@ -1,9 +1,10 @@
-"""The `edgebus` command: `serve` and `check-config`."""
+"""The `edgebus` command: `serve`, `check-config` and `passwd`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import logging
 import signal
 import sys
@@ -12,7 +13,16 @@ from collections.abc import Sequence
 import trio
 
 from edgebus import __version__
+from edgebus.auth import (
+    PBKDF2_ITERATIONS,
+    AclError,
+    PasswordFileError,
+    read_acl_file,
+    read_password_file,
+    set_password,
+)
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
+from edgebus.transport.listener import listener_problems
 
 log = logging.getLogger("edgebus")
 
@@ -35,16 +45,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", metavar="FILE")
+    passwd = commands.add_parser(
+        "passwd",
+        help="create or update a user in a password file (Mosquitto format, like mosquitto_passwd)",
+        description="Prompts for the password twice; with -b it is the third argument (beware the shell "
+        "history). Send the broker SIGHUP to make it re-read the file.",
+    )
+    passwd.add_argument("-b", "--batch", action="store_true", help="take the password from the command line")
+    passwd.add_argument(
+        "-I", "--iterations", type=int, default=PBKDF2_ITERATIONS, help="PBKDF2-SHA512 rounds (%(default)s)"
+    )
+    passwd.add_argument("file", metavar="FILE")
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument("password", metavar="PASSWORD", nargs="?")
     return parser
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    if args.batch:
+        if args.password is None:
+            print("edgebus passwd: -b needs the password as third argument", file=sys.stderr)
+            return 2
+        password = args.password
+    else:
+        if args.password is not None:
+            print("edgebus passwd: a password on the command line needs -b", file=sys.stderr)
+            return 2
+        try:
+            password = getpass.getpass("Password: ")
+            if password != getpass.getpass("Reenter password: "):
+                print("edgebus passwd: passwords do not match", file=sys.stderr)
+                return 1
+        except EOFError:
+            print("edgebus passwd: no password given", file=sys.stderr)
+            return 1
+    if args.iterations < 1:
+        print("edgebus passwd: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        set_password(args.file, args.user, password, args.iterations)
+    except (OSError, PasswordFileError) as exc:
+        print(f"edgebus passwd: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "passwd":
+        return _passwd(args)
     if args.command == "check-config":
         try:
-            load_config(args.file)
+            problems = [f"{args.file}: {problem}" for problem in _security_problems(load_config(args.file))]
         except ConfigError as exc:
             print(exc, file=sys.stderr)
+            return 2
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
             return 2
         print(f"{args.file}: OK")
         return 0
@@ -58,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level:
             server = dataclasses.replace(server, log_level=args.log_level)
         config = dataclasses.replace(config, server=server)
+        problems = _security_problems(config)
+        if problems:
+            raise ValueError("; ".join(problems))
     except (ConfigError, ValueError) as exc:
         print(f"edgebus: {exc}", file=sys.stderr)
         return 2
@@ -73,17 +133,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _security_problems(config: Config) -> list[str]:
+    """What in [security] / [[listener]] would stop the broker: unreadable password, ACL or TLS files."""
+    problems = listener_problems(config)
+    security = config.security
+    try:
+        if security.password_file:
+            read_password_file(security.password_file)
+        if security.acl_file:
+            read_acl_file(security.acl_file)
+    except (PasswordFileError, AclError) as exc:
+        problems.append(str(exc))
+    return problems
+
+
 async def serve(config: Config) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully (v5 clients are sent
-    DISCONNECT 0x8B Server shutting down)."""
+    DISCONNECT 0x8B Server shutting down). SIGHUP re-reads the password and ACL files, keeping every
+    connection open."""
     from edgebus.broker import Broker
 
     broker = Broker(config)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        try:
+                            broker.reload_security()
+                        except (PasswordFileError, AclError) as exc:
+                            log.error("reload failed, keeping the previous rules: %s", exc)
+                        else:
+                            log.info("received SIGHUP: password and ACL files reloaded")
+                        continue
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     broker.shutdown()
 

@@ -20,15 +20,19 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "IntRange",
+    "LimitsConfig",
     "ListenAddress",
     "ListenAddresses",
+    "ListenerConfig",
     "MqttConfig",
     "NumberRange",
+    "OneListenAddress",
     "OneOf",
     "OverflowPolicy",
     "QueueConfig",
     "Section",
     "SectionArray",
+    "SecurityConfig",
     "ServerConfig",
     "Setting",
     "SettingInfo",
@@ -254,6 +258,22 @@ class ListenAddresses(Check):
                 raise _Invalid(f"{_show(item)} is listed twice", at=(index,), needle=item)
             addresses.append(address)
         return tuple(addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class OneListenAddress(Check):
+    """One ``HOST:PORT`` string, converted to a ``ListenAddress``."""
+
+    def expected(self) -> str:
+        return 'a "HOST:PORT" string'
+
+    def convert(self, value: object) -> object:
+        if not isinstance(value, str):
+            raise self.fail(value)
+        try:
+            return parse_listen_address(value)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -487,6 +507,72 @@ class SysConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """[security]: who may connect (password file, anonymous access) and what they may do (ACL file)."""
+
+    allow_anonymous: bool = setting(True, Boolean(), "whether clients without a user name may connect")
+    password_file: str = setting(
+        "", Text(allow_empty=True), "password file (mosquitto_passwd, edgebus passwd); '' = none"
+    )
+    acl_file: str = setting("", Text(allow_empty=True), "Mosquitto-format ACL file; '' = no restrictions")
+    auth_failure_delay: float = setting(
+        1.0, NumberRange(0, 60), "seconds a refused CONNECT waits for its CONNACK; doubles per repeat"
+    )
+    auth_failure_delay_max: float = setting(
+        30.0, NumberRange(0, 3600), "cap on the doubled delay of repeated authentication failures, in seconds"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """[limits]: bounds that keep one client (or many) from exhausting the gateway."""
+
+    max_connections: int = setting(0, IntRange(0, 10_000_000), "most open connections in all; 0 = no limit")
+    connect_timeout: float = setting(
+        10.0, NumberRange(0.1, 3600), "seconds a new connection has to send CONNECT (and finish TLS)"
+    )
+    max_topic_length: int = setting(65535, IntRange(1, 65535), "longest topic name or filter, in bytes")
+    max_topic_levels: int = setting(0, IntRange(0, 65535), "most levels in a topic or filter; 0 = no limit")
+    max_subscriptions_per_client: int = setting(
+        0, IntRange(0, 10_000_000), "most subscriptions one session may hold; 0 = no limit"
+    )
+    max_message_rate: float = setting(
+        0.0, NumberRange(0, 1e9), "PUBLISH packets per second one client may send; 0 = no limit"
+    )
+    max_byte_rate: float = setting(0.0, NumberRange(0, 1e12), "bytes per second a client may send; 0 = none")
+
+
+ListenerType = Literal["tcp", "tls", "ws", "wss"]
+TlsVersion = Literal["1.2", "1.3"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """[[listener]]: a listener besides server.listen: plain TCP, TLS, WebSocket or WebSocket over TLS."""
+
+    type: ListenerType = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        "tcp", OneOf(get_args(ListenerType)), "what the listener speaks"
+    )
+    address: ListenAddress = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        ListenAddress("0.0.0.0", 8883), OneListenAddress(), '"HOST:PORT" to listen on, IPv6 as "[::1]:8883"'
+    )
+    certfile: str = setting("", Text(allow_empty=True), "PEM certificate chain of the server (tls, wss)")
+    keyfile: str = setting("", Text(allow_empty=True), "PEM private key of the server (tls, wss)")
+    cafile: str = setting("", Text(allow_empty=True), "PEM CA certificates client certificates must chain to")
+    require_certificate: bool = setting(
+        False, Boolean(), "whether clients must present a certificate signed by cafile (mutual TLS)"
+    )
+    use_identity_as_username: bool = setting(
+        False, Boolean(), "take the user name from the client certificate's Common Name (no password check)"
+    )
+    min_tls_version: TlsVersion = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        "1.2", OneOf(get_args(TlsVersion)), "oldest TLS version accepted"
+    )
+    max_connections: int = setting(0, IntRange(0, 10_000_000), "most connections on this listener; 0 = none")
+    path: str = setting("/mqtt", Text(), "HTTP path of the WebSocket endpoint (ws, wss)")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole broker configuration. ``Config()`` is the built-in default the broker runs on without a file;
     ``source`` names the file it was loaded from (not a TOML key)."""
@@ -497,6 +583,9 @@ class Config:
     queue: QueueConfig = section(QueueConfig, "per-session delivery queue bounds")  # noqa: RUF009
     storage: StorageConfig = section(StorageConfig, "durable state")  # noqa: RUF009
     sys: SysConfig = section(SysConfig, "$SYS topics")  # noqa: RUF009
+    security: SecurityConfig = section(SecurityConfig, "authentication and authorization")  # noqa: RUF009
+    limits: LimitsConfig = section(LimitsConfig, "connection, topic and rate limits")  # noqa: RUF009
+    listener: tuple[ListenerConfig, ...] = section_array(ListenerConfig, "extra listeners: tls, ws, wss, tcp")
     source: str | None = None
 
 

@@ -179,17 +179,24 @@ async def _start_mosquitto(data_dir: Path, overrides: dict[str, dict[str, Any]])
 
 
 async def _start_edgebus(
-    nursery: trio.Nursery, data_dir: Path, overrides: dict[str, dict[str, Any]]
+    nursery: trio.Nursery,
+    data_dir: Path,
+    overrides: dict[str, dict[str, Any]],
+    listeners: list[dict[str, Any]] | None = None,
 ) -> BrokerHandle:
     from edgebus.broker import Broker
     from edgebus.config import (
         Config,
+        LimitsConfig,
         ListenAddress,
+        ListenerConfig,
         MqttConfig,
         QueueConfig,
+        SecurityConfig,
         ServerConfig,
         StorageConfig,
         SysConfig,
+        parse_listen_address,
     )
 
     config = Config(
@@ -198,6 +205,13 @@ async def _start_edgebus(
         queue=QueueConfig(**overrides.get("queue", {})),
         sys=SysConfig(**overrides.get("sys", {})),
         storage=StorageConfig(**overrides.get("storage", {})),
+        security=SecurityConfig(**overrides.get("security", {})),
+        limits=LimitsConfig(**overrides.get("limits", {})),
+        # [[listener]] entries: {"type": "tls", "certfile": ...}; the address defaults to 127.0.0.1:0.
+        listener=tuple(
+            ListenerConfig(**{**entry, "address": parse_listen_address(entry.get("address", "127.0.0.1:0"))})
+            for entry in listeners or []
+        ),
     )
     broker = Broker(config)
     stopped = trio.Event()
@@ -225,7 +239,8 @@ StartBroker = Callable[..., Awaitable[BrokerHandle]]
 
 @pytest.fixture
 async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartBroker]:
-    """Factory: ``await start_broker(mqtt={...}, queue={...}, sys={...}, data_dir=None)``.
+    """Factory: ``await start_broker(mqtt={...}, queue={...}, sys={...}, security={...}, limits={...},
+    listeners=[{...}], data_dir=None)``.
 
     Each call starts a broker with those config overrides (keys as in edgebus.config). A broker still
     running at the end of the test is shut down; pass ``data_dir`` to restart on the same state.
@@ -238,16 +253,23 @@ async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
         queue: dict[str, Any] | None = None,
         sys: dict[str, Any] | None = None,
         storage: dict[str, Any] | None = None,
+        security: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+        listeners: list[dict[str, Any]] | None = None,
         data_dir: Path | None = None,
     ) -> BrokerHandle:
         overrides = {"mqtt": mqtt or {}, "queue": queue or {}, "sys": sys or {}, "storage": storage or {}}
+        if security or limits or listeners:
+            if PEER == "mosquitto":
+                pytest.skip("security, limits and extra listeners are tested on edgebus only")
+            overrides |= {"security": security or {}, "limits": limits or {}}
         if data_dir is None:
             data_dir = tmp_path / f"broker{len(handles)}"
             data_dir.mkdir()
         if PEER == "mosquitto":
             handle = await _start_mosquitto(data_dir, overrides)
         else:
-            handle = await _start_edgebus(nursery, data_dir, overrides)
+            handle = await _start_edgebus(nursery, data_dir, overrides, listeners or [])
         handles.append(handle)
         return handle
 

@@ -98,22 +98,55 @@ def test_example_file_loads_to_exactly_the_defaults() -> None:
     assert dataclasses.replace(config, source=None) == Config()
 
 
+def _example_with_arrays_uncommented() -> str:
+    """The example file with its commented-out ``# [[listener]]`` block (arrays of tables have no entries by
+    default, so the example shows them as comments) turned into TOML."""
+    lines = EXAMPLE_CONFIG.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# [[") and line.endswith("]]"))
+    block = [line[2:] if line.startswith("# ") else line.removeprefix("#") for line in lines[start:]]
+    return "\n".join(lines[:start] + block) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value)
+
+
 def test_example_file_sets_every_schema_key() -> None:
-    data = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    data = tomllib.loads(_example_with_arrays_uncommented())
     keys = [info.key for info in iter_settings()]
-    assert len(keys) == 3 + 11 + 3 + 2 + 1
+    # server, mqtt, queue, storage, sys, security, limits, [[listener]]
+    assert len(keys) == 3 + 11 + 3 + 2 + 1 + 5 + 7 + 10
     for key in keys:
         table: object = data
         for part in key.split("."):
+            if part.endswith("[]"):
+                elements = table[part[:-2]] if isinstance(table, dict) else None
+                assert isinstance(elements, list) and elements, f"{key}: no [[{part[:-2]}]] example"
+                table = elements[0]
+                continue
             assert isinstance(table, dict), key
             assert part in table, f"{key} is missing from {EXAMPLE_CONFIG}"
             table = table[part]
 
 
+def test_example_arrays_of_tables_are_commented_out_with_their_defaults() -> None:
+    # The [[listener]] example is a comment (no extra listener by default) and shows every default.
+    data = tomllib.loads(_example_with_arrays_uncommented())
+    (listener,) = data["listener"]
+    assert parse_config("[[listener]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in listener.items())) == (
+        parse_config("[[listener]]\n")
+    )
+
+
 def _comment_above(lines: list[str], key: str) -> str:
     """The comment block right above `key = ...` inside its [section] of the example file."""
     section_name, name = key.split(".")
-    start = lines.index(f"[{section_name}]")
+    header = f"[[{section_name[:-2]}]]" if section_name.endswith("[]") else f"[{section_name}]"
+    start = lines.index(header)
     index = next(i for i in range(start, len(lines)) if re.match(rf"{name}\s*=", lines[i]))
     block = []
     while lines[index - 1].startswith("#"):
@@ -126,7 +159,7 @@ def _comment_above(lines: list[str], key: str) -> str:
 def test_example_file_documents_range_and_default_of(info: SettingInfo) -> None:
     # The comment above each key must state the schema's actual range / choices and default, so the
     # reference cannot drift from the code.
-    lines = EXAMPLE_CONFIG.read_text(encoding="utf-8").splitlines()
+    lines = _example_with_arrays_uncommented().splitlines()
     comment = _comment_above(lines, info.key)
     assert comment, f"{info.key} has no comment"
     check, default = info.check, info.default
@@ -276,7 +309,10 @@ def test_unknown_section(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_known_ones() -> None:
     error = parse_error("[mqtt]\nmax_qos = 1\n[bridges]\nx = 1\n")
-    assert str(error) == "test.toml:3: bridges: unknown section; known: server, mqtt, queue, storage, sys"
+    assert str(error) == (
+        "test.toml:3: bridges: unknown section; "
+        "known: server, mqtt, queue, storage, sys, security, limits, listener"
+    )
 
 
 def test_unknown_key(tmp_path: Path) -> None:
@@ -352,12 +388,16 @@ INTEGER_BOUNDS = _integer_bounds()
 @pytest.mark.parametrize(("key", "low", "high"), INTEGER_BOUNDS, ids=[key for key, _, _ in INTEGER_BOUNDS])
 def test_integer_range_bounds(key: str, low: int, high: int) -> None:
     section_name, name = key.split(".")
+    array = section_name.endswith("[]")
+    header = f"[[{section_name[:-2]}]]" if array else f"[{section_name}]"
+    shown = key.replace("[]", "[0]")
     for accepted in (low, high):
-        config = parse_config(f"[{section_name}]\n{name} = {accepted}\n")
-        assert getattr(getattr(config, section_name), name) == accepted
+        config = parse_config(f"{header}\n{name} = {accepted}\n")
+        table = getattr(config, section_name[:-2])[0] if array else getattr(config, section_name)
+        assert getattr(table, name) == accepted
     for rejected in (low - 1, high + 1):
-        error = parse_error(f"[{section_name}]\n\n{name} = {rejected}\n")
-        assert str(error) == f"test.toml:3: {key}: must be an integer from {low} to {high}, got {rejected}"
+        error = parse_error(f"{header}\n\n{name} = {rejected}\n")
+        assert str(error) == f"test.toml:3: {shown}: must be an integer from {low} to {high}, got {rejected}"
 
 
 def test_brief_ranges_are_the_schema_ranges() -> None:
@@ -373,6 +413,11 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "queue.max_messages": (1, 10_000_000),
         "queue.max_bytes": (1024, 2**40),
         "storage.max_bytes": (0, 2**50),
+        "limits.max_connections": (0, 10_000_000),
+        "limits.max_topic_length": (1, 65535),
+        "limits.max_topic_levels": (0, 65535),
+        "limits.max_subscriptions_per_client": (0, 10_000_000),
+        "listener[].max_connections": (0, 10_000_000),
     }
 
 

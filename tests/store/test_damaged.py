@@ -99,3 +99,32 @@ async def test_missing_wal_after_an_unclean_stop_is_reported_and_tolerated(
     assert any("write-ahead log is missing" in r.getMessage() for r in caplog.records)
     await _serves(broker.host, broker.port)
     assert "kept/1" in await _retained_topics(broker.host, broker.port)
+
+
+async def test_unreadable_rows_are_dropped_and_the_rest_restored(
+    start_broker: StartBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 3, bad input: "a client that reconnects with a session the store cannot read" gets a
+    # defined, logged outcome (no session: Session Present 0) and everyone else is served.
+    data_dir = tmp_path / "data"
+    store = Store(data_dir)
+    store.load()
+    store.op("session", "good", MQTT_5, 3600, None)
+    store.op("sub", "good", "ok/#", 1, 0, 0, 0, None)
+    store.op("session", "bad", MQTT_5, 3600, None)
+    store.op("sub", "bad", "a/#/b", 1, 0, 0, 0, None)  # not a valid filter
+    store.op("retain", "garbled", b"x", 1, b"\x05\xff\xff\xff\xff\xff", None)  # not a property block
+    store.op("retain", "fine", b"y", 1, None, None)
+    store.finish()
+    with caplog.at_level(logging.ERROR, logger="edgebus.broker"):
+        broker = await start_broker(data_dir=data_dir)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "session 'bad' is unreadable" in messages
+    assert "retained message on 'garbled' is unreadable" in messages
+    good = await RawClient.connect(broker.host, broker.port, MQTT_5)
+    assert (await good.mqtt_connect("good", clean_start=False)).session_present
+    bad = await RawClient.connect(broker.host, broker.port, MQTT_5)
+    assert not (await bad.mqtt_connect("bad", clean_start=False)).session_present
+    assert await _retained_topics(broker.host, broker.port) == {"fine"}
+    for client in (good, bad):
+        await client.aclose()

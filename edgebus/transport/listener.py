@@ -1,0 +1,131 @@
+"""Extra listeners ([[listener]]: tcp, tls, ws, wss): the stream interface the broker reads and writes,
+TLS contexts, per-listener connection counts."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from edgebus.config import Config, ListenerConfig
+from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
+
+log = logging.getLogger("edgebus.transport")
+
+
+class ClientStream(Protocol):
+    """What the broker needs of a connection's stream: TcpStream, TlsStream and WebSocketStream."""
+
+    remote: str
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def send_nowait(self, data: bytes) -> int: ...
+
+    def force_close(self) -> None: ...
+
+
+StreamHandler = Callable[[ClientStream], Awaitable[None]]
+
+
+def peer_identity(stream: ClientStream) -> str | None:
+    """The user name a client certificate gives on a listener with use_identity_as_username ("" if the
+    client sent none); None on every other listener."""
+    identity: str | None = getattr(stream, "identity", None)
+    return identity
+
+
+def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
+    """The server-side TLS context of a tls / wss listener. Raises OSError / ssl.SSLError / ValueError."""
+    if not config.certfile or not config.keyfile:
+        raise ValueError(f"a {config.type} listener needs certfile and keyfile")
+    if config.require_certificate and not config.cafile:
+        raise ValueError("require_certificate needs cafile (the CA that signs client certificates)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    context.load_cert_chain(config.certfile, config.keyfile)
+    if config.cafile:
+        context.load_verify_locations(config.cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
+    return context
+
+
+def listener_problems(config: Config) -> list[str]:
+    """What would stop the [[listener]] entries from starting (missing or unreadable TLS files)."""
+    problems: list[str] = []
+    for index, listener in enumerate(config.listener):
+        where = f"listener[{index}] ({listener.type} {listener.address})"
+        if listener.type in ("tls", "wss"):
+            try:
+                make_ssl_context(listener)
+            except (OSError, ssl.SSLError, ValueError) as error:
+                problems.append(f"{where}: {error}")
+        elif listener.cafile or listener.require_certificate or listener.use_identity_as_username:
+            problems.append(
+                f"{where}: cafile, require_certificate and use_identity_as_username need tls or wss"
+            )
+    return problems
+
+
+class Listener:
+    """One [[listener]]: its sockets, how a new TCP connection is wrapped (TLS, WebSocket), and how many
+    connections it has open."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.ssl_context = make_ssl_context(config) if config.type in ("tls", "wss") else None
+        self.sockets: list[socket.socket] = []
+        self.connections = 0
+        self.refused = 0
+
+    def open(self) -> None:
+        self.sockets = open_listening_sockets(self.config.address.host, self.config.address.port)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(str(name[0]), int(name[1])) for name in (sock.getsockname() for sock in self.sockets)]
+
+    def wrap(self, stream: TcpStream) -> ClientStream:
+        from edgebus.transport.tls import TlsStream
+        from edgebus.transport.websocket import WebSocketStream
+
+        config = self.config
+        inner: ClientStream = stream
+        if self.ssl_context is not None:
+            inner = TlsStream(stream, self.ssl_context, config.use_identity_as_username)
+        if config.type in ("ws", "wss"):
+            return WebSocketStream(inner, config.path)
+        return inner
+
+    async def serve(self, handler: StreamHandler, handler_nursery: trio.Nursery) -> None:
+        """Accept on every socket until cancelled."""
+        accept = functools.partial(self._handle, handler)
+        async with trio.open_nursery() as accepting:
+            for sock in self.sockets:
+                accepting.start_soon(serve_tcp, sock, accept, handler_nursery)
+
+    async def _handle(self, handler: StreamHandler, stream: TcpStream) -> None:
+        limit = self.config.max_connections
+        if limit and self.connections >= limit:
+            self.refused += 1
+            log.debug("%s: listener %s is full (%d connections)", stream.remote, self.config.address, limit)
+            stream.force_close()
+            return
+        self.connections += 1
+        try:
+            await handler(self.wrap(stream))
+        finally:
+            self.connections -= 1
