@@ -27,6 +27,7 @@ from edgebus.auth import (
     read_password_file,
 )
 from edgebus.config import Config
+from edgebus.flows import FlowState
 from edgebus.limits import RateQuota
 from edgebus.message import Message, forwarded_properties
 from edgebus.outbox import Delivery, Outbox
@@ -54,7 +55,6 @@ from edgebus.session import (
     ConnectReceived,
     DisconnectReceived,
     Inflight,
-    InflightState,
     MessageReceived,
     ProtocolViolation,
     Session,
@@ -1375,9 +1375,9 @@ class Broker:
 
 
 _STORED_INFLIGHT = {
-    1: InflightState.AWAIT_PUBACK,
-    2: InflightState.AWAIT_PUBREC,
-    3: InflightState.AWAIT_PUBCOMP,
+    1: FlowState.AWAIT_PUBACK,
+    2: FlowState.AWAIT_PUBREC,
+    3: FlowState.AWAIT_PUBCOMP,
 }
 
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from edgebus.flows import FlowState, allocate_packet_id
 from edgebus.protocol.decoder import MAX_PACKET_SIZE, PacketDecoder
 from edgebus.protocol.encoder import encode, encode_publish
 from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, ReasonCode
@@ -43,7 +44,6 @@ from edgebus.protocol.packets import (
     Will,
 )
 
-MAX_PACKET_ID = 0xFFFF
 #: Receive Maximum assumed when the server sends none (§3.2.2.3.3: absent means 65,535).
 DEFAULT_RECEIVE_MAXIMUM = 65535
 
@@ -99,15 +99,6 @@ class ClientState(enum.Enum):
     CONNECTING = 2  # CONNECT queued, no CONNACK yet
     CONNECTED = 3
     CLOSING = 4  # the connection must close once the output taken so far is written
-
-
-class FlowState(enum.Enum):
-    """Where an outbound message stands (§4.3.2, §4.3.3, sender side)."""
-
-    QUEUED = 0  # not sent on this session yet
-    AWAIT_PUBACK = 1
-    AWAIT_PUBREC = 2
-    AWAIT_PUBCOMP = 3
 
 
 class OutgoingMessage:
@@ -408,14 +399,9 @@ class MqttClient:
         """A packet id no outbound flow or request uses [MQTT-2.2.1-3]."""
         inflight = self.inflight
         requests = self._pending_requests
-        pid = self._next_packet_id
-        for _ in range(MAX_PACKET_ID):
-            if pid not in inflight and pid not in requests:
-                break
-            pid = pid + 1 if pid < MAX_PACKET_ID else 1
-        else:
-            raise RuntimeError("no free packet identifier")
-        self._next_packet_id = pid + 1 if pid < MAX_PACKET_ID else 1
+        pid, self._next_packet_id = allocate_packet_id(
+            self._next_packet_id, lambda pid: pid in inflight or pid in requests
+        )
         return pid
 
     # --- input -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgebus.flows import FlowState, allocate_packet_id
 from edgebus.message import Message, forwarded_properties
 from edgebus.outbox import Delivery, Outbox
 from edgebus.protocol.decoder import PacketDecoder
@@ -39,7 +40,6 @@ from edgebus.stats import Stats
 
 #: Session Expiry Interval meaning "never expires" (§3.1.2.11.2).
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
-MAX_PACKET_ID = 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +53,10 @@ class SubscriptionOptions:
     subscription_id: int | None = None
 
 
-class InflightState(enum.Enum):
-    """Where an outbound QoS 1/2 delivery stands (§4.3.2, §4.3.3, sender side)."""
-
-    AWAIT_PUBACK = 1
-    AWAIT_PUBREC = 2
-    AWAIT_PUBCOMP = 3
-
-
 class Inflight:
     __slots__ = ("delivery", "state")
 
-    def __init__(self, delivery: Delivery, state: InflightState) -> None:
+    def __init__(self, delivery: Delivery, state: FlowState) -> None:
         self.delivery = delivery
         self.state = state
 
@@ -119,15 +111,7 @@ class Session:
 
     def allocate_packet_id(self) -> int:
         """A packet id not in use by an outbound flow [MQTT-2.2.1-3]."""
-        inflight = self.inflight
-        pid = self._next_packet_id
-        for _ in range(MAX_PACKET_ID):
-            if pid not in inflight:
-                break
-            pid = pid + 1 if pid < MAX_PACKET_ID else 1
-        else:  # pragma: no cover - the window is capped far below 65535
-            raise RuntimeError("no free packet identifier")
-        self._next_packet_id = pid + 1 if pid < MAX_PACKET_ID else 1
+        pid, self._next_packet_id = allocate_packet_id(self._next_packet_id, self.inflight.__contains__)
         return pid
 
     def take_shared_deliveries(self) -> list[Delivery]:
@@ -137,7 +121,7 @@ class Session:
         for pid in [
             pid
             for pid, flight in self.inflight.items()
-            if flight.delivery.share_group is not None and flight.state is not InflightState.AWAIT_PUBCOMP
+            if flight.delivery.share_group is not None and flight.state is not FlowState.AWAIT_PUBCOMP
         ]:
             taken.append(self.inflight.pop(pid).delivery)
         return taken
@@ -453,9 +437,9 @@ class Connection:
             self._reply(encode(PubRec(packet_id, reason_code), level), wait)
 
     def _on_puback(self, packet: PubAck) -> None:
-        self._finish_outbound(packet.packet_id, InflightState.AWAIT_PUBACK)  # [MQTT-4.3.2-1]
+        self._finish_outbound(packet.packet_id, FlowState.AWAIT_PUBACK)  # [MQTT-4.3.2-1]
 
-    def _finish_outbound(self, packet_id: int, expected: InflightState) -> None:
+    def _finish_outbound(self, packet_id: int, expected: FlowState) -> None:
         """The last acknowledgement of an outbound flow (PUBACK, PUBCOMP): the id is free again
         and the send window has room for what is queued."""
         session = self.session
@@ -473,7 +457,7 @@ class Connection:
         assert session is not None
         pid = packet.packet_id
         flight = session.inflight.get(pid)
-        if flight is None or flight.state is InflightState.AWAIT_PUBACK:
+        if flight is None or flight.state is FlowState.AWAIT_PUBACK:
             # §4.3.3: a PUBREC for an id we do not know is answered by PUBREL
             # 0x92 Packet Identifier not found on v5.
             self._reply(encode(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
@@ -486,7 +470,7 @@ class Connection:
             if session.outbox:
                 self.wake()
             return
-        flight.state = InflightState.AWAIT_PUBCOMP
+        flight.state = FlowState.AWAIT_PUBCOMP
         wait = 0
         if session.journal is not None:
             # PUBREL only once "PUBREC received" is on disk: after a crash the broker must resend
@@ -510,7 +494,7 @@ class Connection:
             self._reply(encode(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
 
     def _on_pubcomp(self, packet: PubComp) -> None:
-        self._finish_outbound(packet.packet_id, InflightState.AWAIT_PUBCOMP)  # §4.3.3
+        self._finish_outbound(packet.packet_id, FlowState.AWAIT_PUBCOMP)  # §4.3.3
 
     def _on_disconnect(self, packet: Disconnect) -> Event:
         if self.protocol_level == MQTT_5:
@@ -541,7 +525,7 @@ class Connection:
         self._control.append(connack)
         level = self.protocol_level
         for pid, flight in session.inflight.items():
-            if flight.state is InflightState.AWAIT_PUBCOMP:
+            if flight.state is FlowState.AWAIT_PUBCOMP:
                 self._reply(encode(PubRel(pid), level))
             else:
                 d = flight.delivery
@@ -666,7 +650,7 @@ class Connection:
                 continue
             if qos:
                 inflight[pid] = Inflight(
-                    delivery, InflightState.AWAIT_PUBACK if qos == 1 else InflightState.AWAIT_PUBREC
+                    delivery, FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC
                 )
                 if journal is not None and delivery.store_seq:
                     # A QoS 2 PUBLISH goes out only once its packet id is on disk: resent after a

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EDGEBUS = Path(__file__).resolve().parents[2] / "edgebus"
-PURE_MODULES = ["session.py", "router.py", "topics.py", "message.py", "outbox.py", "stats.py"]
+PURE_MODULES = ["session.py", "flows.py", "router.py", "topics.py", "message.py", "outbox.py", "stats.py"]
 FORBIDDEN = {"trio", "socket", "sqlite3", "time", "logging", "asyncio", "threading", "selectors"}
 
 
