@@ -740,7 +740,7 @@ class Broker:
             else:
                 self.retained.clear(topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
             store = self.store
-            if store is not None and publisher is not None:  # $SYS is not worth a disk write
+            if store is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
                 if message.payload:
                     self._commit_wait = store.op(
                         "retain",

@@ -226,3 +226,25 @@ async def test_other_durability_settings(start_broker: StartBroker, tmp_path: Pa
         retained = await reader.receive_packet()
         assert isinstance(retained, Publish) and retained.payload == b"1"
     await reader.aclose()
+
+
+async def test_retained_will_survives_a_restart(start_broker: StartBroker, tmp_path: Path) -> None:
+    # A will published with RETAIN [MQTT-3.1.2-17] becomes a retained message like any other, and
+    # retained messages survive a restart.
+    data_dir = tmp_path / "store"
+    data_dir.mkdir()
+    broker = await start_broker(data_dir=data_dir)
+    device = await RawClient.connect(broker.host, broker.port, 4)
+    await device.mqtt_connect("door-1", will=Will("doors/1/status", b"offline", 1, True))
+    await device.aclose()  # no DISCONNECT: the will is published at once, retained
+    await trio.sleep(0.3)
+
+    host, port = await _restart(start_broker, broker, data_dir)
+
+    reader = await RawClient.connect(host, port, MQTT_5)
+    await reader.mqtt_connect("reader")
+    await reader.subscribe(Sub("doors/#", 1))
+    retained = await reader.receive_packet()
+    assert isinstance(retained, Publish)
+    assert (retained.topic, retained.payload, retained.retain) == ("doors/1/status", b"offline", True)
+    await reader.aclose()
