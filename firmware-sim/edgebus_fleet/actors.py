@@ -20,7 +20,7 @@ from edgebus.client import (
 from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt
 from edgebus.protocol import Subscription, Will
 from edgebus.protocol.enums import MQTT_5
-from edgebus_fleet.audit import Stream
+from edgebus_fleet.audit import Stream, WillLedger
 from edgebus_fleet.payload import ReadingGenerator, decode_payload, encode_payload
 from edgebus_fleet.profiles import DeviceProfile, StreamSpec
 
@@ -45,7 +45,7 @@ def expand(template: str, device_id: str, index: int, profile: str) -> str:
 class PublishedStream:
     """One periodic stream of one device: its topic, schedule, generator and audit ledger entry."""
 
-    __slots__ = ("due", "generator", "ledger", "spec", "topic")
+    __slots__ = ("due", "generator", "ledger", "payloads", "spec", "topic")
 
     def __init__(self, spec: StreamSpec, topic: str, ledger: Stream, rng: random.Random) -> None:
         self.spec = spec
@@ -53,6 +53,9 @@ class PublishedStream:
         self.ledger = ledger
         self.generator = ReadingGenerator(spec, rng)
         self.due = 0.0
+        # A retained QoS 1/2 state: every payload by seq, for the retained check after the run. (QoS 0
+        # may be lost, so the broker may rightly hold an older state: not checked.)
+        self.payloads: dict[int, bytes] | None = {} if spec.retain and spec.qos >= 1 else None
 
 
 class Device:
@@ -74,6 +77,9 @@ class Device:
         self.reports: list[tuple[float, int, int]] = []  # (due, command seq, command stream seq) heap
         self.connects = 0
         self.failed_connects = 0
+        self.will_ledger = WillLedger() if profile.will is not None else None
+        self.loss_accounted = False  # this connection's end is already in the will ledger
+        self.disconnecting = False  # DISCONNECT queued on this connection: the broker drops the will
         level = profile.protocol_level
         names = {"device_id": device_id, "index": index, "profile": profile.name}
         will = None
@@ -157,10 +163,41 @@ class Device:
             with trio.move_on_at(deadline):
                 await self.kick.wait()
         if self.connection is not None and not self.connection.closed.is_set():
-            self.connection.disconnect()
-            with trio.move_on_after(1.0):
-                await self.connection.closed.wait()
+            await self._disconnect(self.connection)
             self._lost()
+
+    async def _disconnect(self, connection: MqttConnection) -> None:
+        """A clean DISCONNECT (no will); if the close does not follow in time, the will may still come."""
+        self.disconnecting = True
+        connection.disconnect()
+        with trio.move_on_after(1.0):
+            await connection.closed.wait()
+        if not connection.closed.is_set():
+            self._account_loss(required=False)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection without DISCONNECT (chaos: a crash, a cut cable)."""
+        connection = self.connection
+        if connection is None or connection.closed.is_set():
+            return
+        self.note_cut()
+        connection.abort(reason)
+
+    def note_cut(self) -> None:
+        """The accepted connection is about to be closed without DISCONNECT: the broker reads EOF at once
+        and must publish the will, unless a DISCONNECT was already on its way."""
+        connection = self.connection
+        if connection is not None and not connection.closed.is_set():
+            self._account_loss(required=not self.disconnecting)
+
+    def _account_loss(self, required: bool) -> None:
+        if self.will_ledger is None or self.loss_accounted:
+            return
+        self.loss_accounted = True
+        if required:
+            self.will_ledger.required += 1
+        else:
+            self.will_ledger.optional += 1
 
     def wake(self) -> None:
         """Make the firmware loop look again now (connection closed, chaos, the engine's phase)."""
@@ -199,6 +236,8 @@ class Device:
             return
         self.connects += 1
         self.online = True
+        self.loss_accounted = False
+        self.disconnecting = False
         engine.connected += 1
         self.backoff = self.profile.reconnect.initial_delay
         connack = self.connection.connack
@@ -212,6 +251,10 @@ class Device:
                     self._publish(stream, trio.current_time())
 
     def _lost(self) -> None:
+        if self.connection is not None and not self.disconnecting:
+            # Not a loss we caused and know about (a broker restart, a keep-alive timeout): the broker
+            # may publish the will or may not (it may be the one that went away).
+            self._account_loss(required=False)
         if self.online:
             self.online = False
             self.engine.connected -= 1
@@ -227,9 +270,7 @@ class Device:
             with trio.move_on_after(SLEEP_FLUSH_S):
                 while self.client.unacknowledged and not connection.closed.is_set():  # noqa: ASYNC110
                     await trio.sleep(0.05)  # acknowledgements change a count; polling it is simplest
-            connection.disconnect()
-            with trio.move_on_after(1.0):
-                await connection.closed.wait()
+            await self._disconnect(connection)
         if self.connection is not None:
             self._lost()
         self.asleep = True
@@ -271,6 +312,8 @@ class Device:
         if not self.client.publish(stream.topic, payload, spec.qos, spec.retain, token=(stream.ledger, seq)):
             return
         ledger.record_sent(stream.ledger, sent_at)
+        if stream.payloads is not None:
+            stream.payloads[seq] = payload
         if spec.qos == 0:
             ledger.record_acked(stream.ledger, seq, now)
         if self.engine.sent_log is not None:
@@ -335,7 +378,7 @@ class Backend:
         )
         self.connection: MqttConnection | None = None
         self.filters: list[str] = []
-        self.will_topics: set[str] = set()
+        self.will_devices: dict[str, Device] = {}  # will topic -> its device
         self.commands: list[tuple[float, int, str, Stream, int]] = []  # (due, n, topic, stream, qos) heap
         self.connected_once = False
         self.reconnects = 0
@@ -351,7 +394,8 @@ class Backend:
                 seen[_filter(profile.commands.report_topic)] = None
             if profile.will is not None:
                 seen[_filter(profile.will.topic)] = None
-                self.will_topics.add(device.client.options.will.topic if device.client.options.will else "")
+                if device.client.options.will is not None:
+                    self.will_devices[device.client.options.will.topic] = device
         self.filters = list(seen)
         ledger = self.engine.ledger
         now = trio.current_time()
@@ -456,12 +500,17 @@ class Backend:
             # Sent because we subscribed, not because a device published now [MQTT-3.3.1-8]: a replay.
             ledger.retained_replays += 1
             return
-        values = decode_payload(publish.payload)
-        if values is None:
-            if publish.topic in self.will_topics:
+        device = self.will_devices.get(publish.topic)
+        if device is not None and device.client.options.will is not None:
+            if publish.payload == device.client.options.will.payload and device.will_ledger is not None:
                 ledger.wills += 1
+                device.will_ledger.seen += 1
             else:
                 ledger.unexpected += 1
+            return
+        values = decode_payload(publish.payload)
+        if values is None:
+            ledger.unexpected += 1
             return
         if values.get("run") != self.engine.run_id:
             ledger.stale += 1

@@ -5,6 +5,10 @@ message the ledger keeps whether the broker acknowledged it (QoS 0: whether it w
 many times it was delivered. At the end: lost = acknowledged but never delivered, duplicated = delivered
 more than once, reordered = delivered after a later message of the same stream, and end-to-end latency
 from the ``ts`` in the payload to its first delivery.
+
+Two checks are per device rather than per message: the retained state a fresh subscriber reads after
+the run must be the last state the device published and had acknowledged, and every connection the
+broker saw end without DISCONNECT must have produced the device's will, and no other.
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GroupSummary", "Ledger", "Stream", "percentile"]
+__all__ = [
+    "GroupSummary",
+    "Ledger",
+    "RetainedSummary",
+    "Stream",
+    "WillLedger",
+    "WillSummary",
+    "acceptable_retained",
+    "percentile",
+    "summarize_wills",
+]
 
 
 class Stream:
@@ -231,3 +245,131 @@ def _violations(summary: GroupSummary, qos0_max_loss: float, max_p99_latency: fl
             f"p99 latency {summary.latency_p99 * 1000:.1f} ms exceeds {max_p99_latency * 1000:.0f} ms"
         )
     return problems
+
+
+class WillLedger:
+    """One device's will accounting: wills the broker must publish, may publish, and was seen to publish.
+
+    ``required``: connections the broker had accepted (CONNACK received) that ended with the socket
+    closed and no DISCONNECT before it (a chaos disconnect or reboot, a flap cutting the proxied
+    connection): the broker reads EOF at once and must publish the will [MQTT-3.1.2-8] (both versions;
+    the profiles set no Will Delay Interval, so no reconnect can come in time to cancel it, and the
+    1.5 x keep-alive timeout never matters because the socket is really closed).
+    ``optional``: losses whose will the broker may or may not publish: the broker itself going
+    down (restart), a DISCONNECT racing an abort, a keep-alive timeout. A clean DISCONNECT (sleep, end
+    of run) adds nothing: the broker must then discard the will [MQTT-3.1.2-10] [MQTT-3.14.4-3].
+    """
+
+    __slots__ = ("optional", "required", "seen")
+
+    def __init__(self) -> None:
+        self.required = 0
+        self.optional = 0
+        self.seen = 0
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.required - self.seen)
+
+    @property
+    def unexpected(self) -> int:
+        return max(0, self.seen - self.required - self.optional)
+
+
+@dataclass(slots=True)
+class WillSummary:
+    """Wills of one profile: required, optional, seen, and the devices' shortfalls and excesses."""
+
+    profile: str
+    devices: int = 0
+    required: int = 0
+    optional: int = 0
+    seen: int = 0
+    missing: int = 0
+    unexpected: int = 0
+
+    @property
+    def violations(self) -> list[str]:
+        problems = []
+        if self.missing:
+            problems.append(f"will missing: {self.missing} abrupt disconnect(s) without the will")
+        if self.unexpected:
+            problems.append(f"will unexpected: {self.unexpected} will(s) without an abrupt disconnect")
+        return problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "devices": self.devices,
+            "required": self.required,
+            "optional": self.optional,
+            "seen": self.seen,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "violations": self.violations,
+        }
+
+
+def summarize_wills(devices: list[tuple[str, WillLedger]]) -> list[WillSummary]:
+    """Per-profile will figures from (profile, device ledger) pairs; shortfalls are counted per device,
+    so one device's extra will cannot hide another's missing one."""
+    by_profile: dict[str, WillSummary] = {}
+    for profile, ledger in devices:
+        summary = by_profile.setdefault(profile, WillSummary(profile))
+        summary.devices += 1
+        summary.required += ledger.required
+        summary.optional += ledger.optional
+        summary.seen += ledger.seen
+        summary.missing += ledger.missing
+        summary.unexpected += ledger.unexpected
+    return list(by_profile.values())
+
+
+def acceptable_retained(stream: Stream, payloads: dict[int, bytes]) -> set[bytes] | None:
+    """What the retained message of ``stream`` may be after the run: the last acknowledged message, or a
+    later one the broker took but whose acknowledgement never came back (in flight at the end). None
+    when nothing was acknowledged, so there is nothing to check against."""
+    last_acked = next((seq for seq in range(len(stream.acked) - 1, -1, -1) if stream.acked[seq]), None)
+    if last_acked is None:
+        return None
+    return {payloads[seq] for seq in range(last_acked, len(stream.acked)) if seq in payloads}
+
+
+@dataclass(slots=True)
+class RetainedSummary:
+    """The retained-state check of one (profile, stream): what a subscriber reads after the run."""
+
+    profile: str
+    stream: str
+    qos: int
+    checked: int = 0
+    matched: int = 0
+    mismatched: int = 0  # a retained message other than the last acknowledged state
+    missing: int = 0  # no retained message at all
+    unchecked: int = 0  # nothing acknowledged on this topic: no expectation
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        bad = self.mismatched + self.missing
+        if not bad:
+            return []
+        detail = f" (e.g. {self.examples[0]})" if self.examples else ""
+        return [
+            f"retained mismatch: {bad} of {self.checked} topic(s) do not hold the last acknowledged "
+            f"state ({self.mismatched} different, {self.missing} absent){detail}"
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "stream": self.stream,
+            "qos": self.qos,
+            "checked": self.checked,
+            "matched": self.matched,
+            "mismatched": self.mismatched,
+            "missing": self.missing,
+            "unchecked": self.unchecked,
+            "examples": list(self.examples),
+            "violations": self.violations,
+        }

@@ -17,9 +17,19 @@ from typing import Any
 
 import trio
 
-from edgebus.client_trio import ConnectError
-from edgebus_fleet.actors import Backend, Device
-from edgebus_fleet.audit import GroupSummary, Ledger
+from edgebus.client import ClientOptions, Event, MessageReceived, MqttClient
+from edgebus.client_trio import ConnectError, connect_mqtt
+from edgebus.protocol import Subscription
+from edgebus.protocol.enums import MQTT_5
+from edgebus_fleet.actors import Backend, Device, PublishedStream
+from edgebus_fleet.audit import (
+    GroupSummary,
+    Ledger,
+    RetainedSummary,
+    WillSummary,
+    acceptable_retained,
+    summarize_wills,
+)
 from edgebus_fleet.profiles import Fleet
 from edgebus_fleet.proxy import ChaosProxy
 
@@ -28,6 +38,12 @@ SAMPLE_INTERVAL_S = 1.0
 #: A message acknowledged this long ago and not delivered counts as "overdue" on the live display.
 OVERDUE_AFTER_S = 5.0
 BROKER_START_TIMEOUT_S = 15.0
+#: After the last SUBACK of the retained check, how long to wait for retained messages still to come.
+RETAINED_WAIT_S = 3.0
+#: Retained topics per SUBSCRIBE of the retained check (keeps each packet small).
+RETAINED_BATCH = 200
+#: What ``chaos.overwrite_retained`` writes over a device's retained state: valid, but never sent by it.
+FOREIGN_RETAINED = b'{"state": "tampered"}'
 
 __all__ = ["BrokerUnreachable", "Engine", "RunResult", "Sample"]
 
@@ -63,10 +79,17 @@ class RunResult:
     devices: int
     wall_seconds: float
     latencies: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+    retained: list[RetainedSummary] = field(default_factory=list)
+    wills: list[WillSummary] = field(default_factory=list)
+    retained_error: str | None = None  # the retained check could not run
 
     @property
     def violations(self) -> list[str]:
         problems = [f"{s.profile}/{s.stream} QoS {s.qos}: {v}" for s in self.summaries for v in s.violations]
+        problems += [f"{r.profile}/{r.stream} QoS {r.qos}: {v}" for r in self.retained for v in r.violations]
+        problems += [f"{w.profile}: {v}" for w in self.wills for v in w.violations]
+        if self.retained_error:
+            problems.append(f"retained mismatch: the check could not run: {self.retained_error}")
         if self.ledger.unexpected:
             problems.append(f"{self.ledger.unexpected} delivered message(s) that were never sent")
         return problems
@@ -196,6 +219,8 @@ class Engine:
         self.backend_target = (host, port)
         self.connect_limiter = trio.CapacityLimiter(fleet.connect_concurrency)
         self.connection_nursery: trio.Nursery
+        self.retained: list[RetainedSummary] = []
+        self.retained_error: str | None = None
         if fleet.chaos.broker_restart_interval and not broker_command:
             raise ValueError("chaos.broker_restart_interval needs the broker's start command (--broker-cmd)")
 
@@ -230,10 +255,11 @@ class Engine:
                         self.proxy = ChaosProxy(self.host, self.port)
                         proxy_port = await services.start(self.proxy.serve)
                         self.device_target = ("127.0.0.1", proxy_port)
-                    if chaos.drop_deliveries or chaos.duplicate_deliveries:
+                    if chaos.drop_deliveries or chaos.duplicate_deliveries or chaos.drop_wills:
                         self.fault_proxy = ChaosProxy(self.host, self.port)
                         self.fault_proxy.drop_qos1_publishes = chaos.drop_deliveries
                         self.fault_proxy.duplicate_publishes = chaos.duplicate_deliveries
+                        self.fault_proxy.drop_will_publishes = chaos.drop_wills
                         fault_port = await services.start(self.fault_proxy.serve)
                         self.backend_target = ("127.0.0.1", fault_port)
                     await self._run_fleet(connections)
@@ -247,6 +273,7 @@ class Engine:
         if self.fault_proxy is not None:
             self.events["dropped_by_proxy"] = self.fault_proxy.dropped
             self.events["duplicated_by_proxy"] = self.fault_proxy.duplicated
+            self.events["wills_dropped_by_proxy"] = self.fault_proxy.dropped_wills
         return RunResult(
             fleet=fleet,
             broker=f"{self.host}:{self.port}",
@@ -260,6 +287,11 @@ class Engine:
             devices=len(self.devices),
             wall_seconds=time.monotonic() - wall_start,
             latencies=latencies,
+            retained=self.retained,
+            wills=summarize_wills(
+                [(d.profile.name, d.will_ledger) for d in self.devices if d.will_ledger is not None]
+            ),
+            retained_error=self.retained_error,
         )
 
     async def _run_fleet(self, connections: trio.Nursery) -> None:
@@ -273,6 +305,8 @@ class Engine:
                     Device(self, group.profile, device_id, index, zlib.crc32(f"{seed}/{device_id}".encode()))
                 )
         backend.plan(self.devices)
+        if self.fault_proxy is not None:
+            self.fault_proxy.will_topics = frozenset(topic.encode() for topic in backend.will_devices)
         try:
             await backend.connect()
         except ConnectError as exc:
@@ -301,7 +335,81 @@ class Engine:
                 self.stopped.set()
                 self.state_changed()
                 helpers.cancel_scope.cancel()
+        self.phase = "checking retained"
+        await self._check_retained()
         self._sample()
+
+    async def _check_retained(self) -> None:
+        """Read every retained state topic as a new subscriber would, now that every device is gone, and
+        compare it with the last state its device had acknowledged: the broker must keep the last
+        retained message of a topic and send it on subscribe [MQTT-3.3.1-5] [MQTT-3.3.1-6]."""
+        targets: dict[str, tuple[Device, PublishedStream]] = {
+            stream.topic: (device, stream)
+            for device in self.devices
+            for stream in device.streams
+            if stream.payloads is not None
+        }
+        if not targets:
+            return
+        received: dict[str, bytes] = {}
+        complete = trio.Event()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, MessageReceived) and event.publish.retain and event.publish.topic in targets:
+                received[event.publish.topic] = event.publish.payload
+                if len(received) == len(targets):
+                    complete.set()
+
+        client = MqttClient(
+            ClientOptions(
+                client_id=f"fleet-audit-{self.run_id}", protocol_level=MQTT_5, clean_start=True, keep_alive=30
+            )
+        )
+        topics = sorted(targets)
+        try:
+            connection = await connect_mqtt(
+                self.connection_nursery, self.host, self.port, client, on_event=on_event, connect_timeout=10.0
+            )
+            try:
+                for topic in topics[: self.fleet.chaos.overwrite_retained]:
+                    # Injected fault: another client replaces the state [MQTT-3.3.1-5]; the check must see it.
+                    await connection.publish_and_wait(topic, FOREIGN_RETAINED, qos=1, retain=True)
+                for start in range(0, len(topics), RETAINED_BATCH):
+                    batch = topics[start : start + RETAINED_BATCH]
+                    await connection.subscribe([Subscription(topic, 1) for topic in batch])
+                with trio.move_on_after(RETAINED_WAIT_S):
+                    await complete.wait()
+            finally:
+                connection.disconnect()
+                with trio.move_on_after(1.0):
+                    await connection.closed.wait()
+        except (ConnectError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self.retained_error = f"{type(error).__name__}: {error}"
+            return
+        by_group: dict[tuple[str, str], RetainedSummary] = {}
+        for topic in topics:
+            device, stream = targets[topic]
+            spec = stream.spec
+            summary = by_group.setdefault(
+                (device.profile.name, spec.name), RetainedSummary(device.profile.name, spec.name, spec.qos)
+            )
+            assert stream.payloads is not None
+            expected = acceptable_retained(stream.ledger, stream.payloads)
+            if expected is None:
+                summary.unchecked += 1
+                continue
+            summary.checked += 1
+            actual = received.get(topic)
+            if actual in expected:
+                summary.matched += 1
+                continue
+            if actual is None:
+                summary.missing += 1
+            else:
+                summary.mismatched += 1
+            if len(summary.examples) < 3:
+                summary.examples.append(f"{topic}: {actual!r}" if actual is not None else f"{topic}: none")
+        self.retained = list(by_group.values())
 
     async def _drain(self, backend: Backend) -> None:
         """Wait until every message has settled (acknowledged and delivered), at most ``fleet.drain`` s,
@@ -370,18 +478,20 @@ class Engine:
             ]
             if kind == "disconnect":
                 if online:
-                    rng.choice(online).connection.abort("chaos: disconnect")  # type: ignore[union-attr]
+                    rng.choice(online).abort("chaos: disconnect")
                     self.events["disconnects"] += 1
                 schedule(kind, chaos.disconnects_per_minute)
             elif kind == "reboot":
                 if online:
                     device = rng.choice(online)
                     device.retry_at = trio.current_time() + chaos.reboot_delay
-                    device.connection.abort("chaos: reboot")  # type: ignore[union-attr]
+                    device.abort("chaos: reboot")
                     self.events["reboots"] += 1
                 schedule(kind, chaos.reboots_per_minute)
             elif kind == "flap":
                 if self.proxy is not None:
+                    for device in online:
+                        device.note_cut()  # the proxy closes both sides: the broker reads EOF at once
                     self.proxy.flap(chaos.flap_duration)
                     self.events["flaps"] += 1
                 schedule(kind, interval=chaos.flap_interval)
@@ -425,6 +535,9 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
         },
         "events": result.events,
         "groups": [summary.as_dict() for summary in result.summaries],
+        "retained": [summary.as_dict() for summary in result.retained],
+        "retained_error": result.retained_error,
+        "wills": [summary.as_dict() for summary in result.wills],
         "timeline": [
             {
                 "t": s.t,

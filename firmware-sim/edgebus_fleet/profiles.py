@@ -168,6 +168,8 @@ class ChaosSettings:
     burst_fraction: float = 0.1
     drop_deliveries: int = 0
     duplicate_deliveries: int = 0
+    drop_wills: int = 0  # the fault proxy swallows this many QoS 0/1 wills on their way to the backend
+    overwrite_retained: int = 0  # after the run, this many retained state topics get a foreign value
 
     @property
     def needs_proxy(self) -> bool:
@@ -184,6 +186,8 @@ class ChaosSettings:
                 self.burst_interval,
                 self.drop_deliveries,
                 self.duplicate_deliveries,
+                self.drop_wills,
+                self.overwrite_retained,
             )
         )
 
@@ -391,6 +395,8 @@ FLEET_SCHEMA = Table(
                 "burst_fraction": FRACTION,
                 "drop_deliveries": IntRange(0, 1_000_000),
                 "duplicate_deliveries": IntRange(0, 1_000_000),
+                "drop_wills": IntRange(0, 1_000_000),
+                "overwrite_retained": IntRange(0, 1_000_000),
             }
         ),
         "audit": Table({"qos0_max_loss": FRACTION, "max_p99_latency": NumberRange(0.0, 3600.0)}),

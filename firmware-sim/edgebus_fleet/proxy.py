@@ -41,6 +41,10 @@ class ChaosProxy:
         # Faults on the broker -> client direction.
         self.drop_qos1_publishes = 0
         self.duplicate_publishes = 0
+        # Wills to swallow (QoS 0/1, acknowledged to the broker as delivered), recognised by topic.
+        self.drop_will_publishes = 0
+        self.will_topics: frozenset[bytes] = frozenset()
+        self.dropped_wills = 0
         self.dropped = 0
         self.duplicated = 0
         self._next_duplicate_id = DUPLICATE_PACKET_ID_BASE
@@ -109,7 +113,8 @@ class ChaosProxy:
                 data = await source.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
-                if from_broker and (self.drop_qos1_publishes or self.duplicate_publishes or buffer):
+                faulty = self.drop_qos1_publishes or self.duplicate_publishes or self.drop_will_publishes
+                if from_broker and (faulty or buffer):
                     buffer += data
                     out, acks = self._filter(buffer)
                     if acks:
@@ -149,6 +154,12 @@ class ChaosProxy:
                 continue
             topic_length = int.from_bytes(packet[body : body + 2], "big")
             pid_at = body + 2 + topic_length  # §3.3.2: topic name, then the packet id
+            if qos <= 1 and self.drop_will_publishes and bytes(packet[body + 2 : pid_at]) in self.will_topics:
+                self.drop_will_publishes -= 1
+                self.dropped_wills += 1
+                if qos == 1:
+                    acks += b"\x40\x02" + packet[pid_at : pid_at + 2]  # PUBACK: "delivered"
+                continue
             if qos == 1 and self.drop_qos1_publishes:
                 self.drop_qos1_publishes -= 1
                 self.dropped += 1

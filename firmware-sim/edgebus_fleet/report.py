@@ -10,7 +10,7 @@ from rich.table import Table
 
 from edgebus_fleet.engine import RunResult, result_to_dict
 
-__all__ = ["summary_table", "write_plots", "write_report"]
+__all__ = ["checks_table", "summary_table", "write_plots", "write_report"]
 
 
 def _ms(value: float | None) -> str:
@@ -69,8 +69,51 @@ def summary_table(result: RunResult) -> Table:
     return table
 
 
+def checks_table(result: RunResult) -> Table | None:
+    """The per-device checks: retained state read after the run, and wills against abrupt disconnects."""
+    if not result.retained and not result.wills:
+        return None
+    table = Table(title="retained state and wills")
+    for name, justify in (
+        ("profile", "left"),
+        ("check", "left"),
+        ("checked / required", "right"),
+        ("ok / seen", "right"),
+        ("retained mismatch / will missing", "right"),
+        ("unchecked / optional", "right"),
+        ("will unexpected", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in result.retained:
+        table.add_row(
+            r.profile,
+            f"retained {r.stream}",
+            str(r.checked),
+            str(r.matched),
+            str(r.mismatched + r.missing),
+            str(r.unchecked),
+            "-",
+            style="red" if r.violations else None,
+        )
+    for w in result.wills:
+        table.add_row(
+            w.profile,
+            "will",
+            str(w.required),
+            str(w.seen),
+            str(w.missing),
+            str(w.optional),
+            str(w.unexpected),
+            style="red" if w.violations else None,
+        )
+    return table
+
+
 def print_summary(result: RunResult, console: Console) -> None:
     console.print(summary_table(result))
+    checks = checks_table(result)
+    if checks is not None:
+        console.print(checks)
     for problem in result.violations:
         console.print(f"[red]violation:[/] {problem}")
 
