@@ -102,12 +102,32 @@ class ClientState(enum.Enum):
 
 
 class OutgoingMessage:
-    """A PUBLISH the application asked for, from `publish` to its acknowledgement."""
+    """A PUBLISH the application asked for, from `publish` to its acknowledgement. ``fixed_id`` is a
+    packet id the application chose (0: allocate one when sent); ``dup`` sets DUP on the first send."""
 
-    __slots__ = ("packet_id", "payload", "properties", "qos", "retain", "state", "token", "topic")
+    __slots__ = (
+        "dup",
+        "fixed_id",
+        "packet_id",
+        "payload",
+        "properties",
+        "qos",
+        "retain",
+        "state",
+        "token",
+        "topic",
+    )
 
     def __init__(
-        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties, token: object
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties,
+        token: object,
+        fixed_id: int = 0,
+        dup: bool = False,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -115,6 +135,8 @@ class OutgoingMessage:
         self.retain = retain
         self.properties = properties
         self.token = token
+        self.fixed_id = fixed_id
+        self.dup = dup
         self.packet_id = 0
         self.state = FlowState.QUEUED
 
@@ -230,6 +252,9 @@ class MqttClient:
         self.inflight: dict[int, OutgoingMessage] = {}
         self.inbound_qos2: set[int] = set()
         self.queue: deque[OutgoingMessage] = deque()  # published, not yet sent
+        # Packet ids chosen by the application for queued messages -> how many queued messages chose
+        # each: the allocator leaves them alone, so an id it hands out (SUBSCRIBE ...) cannot collide.
+        self._fixed_ids: dict[int, int] = {}
         self._pending_requests: dict[int, type[Subscribe] | type[Unsubscribe]] = {}
         self._unacked_in: dict[int, int] = {}  # inbound QoS 1/2 packet id -> QoS, not yet acknowledged
         self._next_packet_id = 1
@@ -328,7 +353,7 @@ class MqttClient:
         for message in reversed(requeue):
             message.state = FlowState.QUEUED
             message.packet_id = 0
-            self.queue.appendleft(message)
+            self._queue_front(message)
         self.inbound_qos2 = set()
 
     # --- the application's requests ----------------------------------------------------------------
@@ -341,20 +366,83 @@ class MqttClient:
         retain: bool = False,
         properties: Properties = NO_PROPERTIES,
         token: object = None,
+        packet_id: int = 0,
+        dup: bool = False,
     ) -> bool:
         """Queue an application message; False when it is refused: QoS 0 without a connection (at
-        most once means it is not kept), or the queue is full (``max_queued_messages``)."""
+        most once means it is not kept), or the queue is full (``max_queued_messages``).
+
+        ``packet_id`` (QoS 1/2) makes the message go out with that id instead of an allocated one (the
+        upstream bridge derives it from the outbox sequence, so a resend by a new process carries the
+        same id and the receiver de-duplicates it [MQTT-4.3.3-10]); the message then waits in the queue
+        while another flow still uses that id [MQTT-2.2.1-3]. ``dup`` sets DUP on its first transmission:
+        it may have been sent before, on an earlier connection [MQTT-3.3.1-1]."""
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
         if not topic or "+" in topic or "#" in topic:
             # [MQTT-3.3.2-2]: the Topic Name in a PUBLISH MUST NOT contain wildcard characters.
             raise ValueError(f"not a valid topic name: {topic!r}")
+        if qos == 0 and (packet_id or dup):
+            # [MQTT-2.2.1-2]: no packet id with QoS 0; [MQTT-3.3.1-2]: DUP 0 for every QoS 0 message.
+            raise ValueError("a QoS 0 message has neither a packet identifier nor DUP")
+        if not 0 <= packet_id <= 0xFFFF:
+            raise ValueError(f"packet identifier must be 1..65535 (0: allocate), not {packet_id!r}")
         if qos == 0 and self.state is ClientState.DISCONNECTED:
             return False
         if len(self.queue) >= self.options.max_queued_messages:
             return False
-        self.queue.append(OutgoingMessage(topic, payload, qos, retain, properties, token))
+        self._queue_back(OutgoingMessage(topic, payload, qos, retain, properties, token, packet_id, dup))
         return True
+
+    def release(self, packet_id: int, token: object = None) -> None:
+        """Send PUBREL for ``packet_id`` as the sender of a QoS 2 message past PUBREC [MQTT-4.3.3-4],
+        without the message: a new process that may have sent it before (the upstream bridge after a
+        crash) lets the receiver deliver what it holds under that id and forget the id. The PUBCOMP
+        ends the flow as a PublishAcknowledged(token, 2, packet_id, reason_code): every PUBREL is answered
+        [MQTT-4.3.3-11], by a receiver that holds nothing under that id with 0x92 (MQTT 5, §3.7.2.1)."""
+        if self.state is not ClientState.CONNECTED:
+            raise RuntimeError(f"release() needs a connection (state {self.state.name})")
+        if not 1 <= packet_id <= 0xFFFF:
+            raise ValueError(f"packet identifier must be 1..65535, not {packet_id!r}")
+        if packet_id in self.inflight or packet_id in self._pending_requests:
+            raise ValueError(f"packet identifier {packet_id} is in use [MQTT-2.2.1-3]")
+        message = OutgoingMessage("", b"", 2, False, NO_PROPERTIES, token)
+        message.packet_id = packet_id
+        message.state = FlowState.AWAIT_PUBCOMP
+        self.inflight[packet_id] = message
+        self._control.append(encode(PubRel(packet_id), self.protocol_level))
+
+    def _queue_back(self, message: OutgoingMessage) -> None:
+        self.queue.append(message)
+        if message.fixed_id:
+            self._fixed_ids[message.fixed_id] = self._fixed_ids.get(message.fixed_id, 0) + 1
+
+    def _queue_front(self, message: OutgoingMessage) -> None:
+        self.queue.appendleft(message)
+        if message.fixed_id:
+            self._fixed_ids[message.fixed_id] = self._fixed_ids.get(message.fixed_id, 0) + 1
+
+    def _dequeue(self) -> OutgoingMessage:
+        message = self.queue.popleft()
+        fixed = message.fixed_id
+        if fixed:
+            left = self._fixed_ids[fixed] - 1
+            if left:
+                self._fixed_ids[fixed] = left
+            else:
+                del self._fixed_ids[fixed]
+        return message
+
+    def _head_blocked(self) -> bool:
+        """Whether the first queued message cannot go out now: the send window is full, or the packet
+        id it chose is still used by another flow or request [MQTT-2.2.1-3]."""
+        message = self.queue[0]
+        if not message.qos:
+            return False
+        if len(self.inflight) >= self.send_window:
+            return True
+        fixed = message.fixed_id
+        return bool(fixed) and (fixed in self.inflight or fixed in self._pending_requests)
 
     def subscribe(self, subscriptions: Sequence[Subscription], properties: Properties = NO_PROPERTIES) -> int:
         """Queue a SUBSCRIBE; returns its packet id (the SubscribeAcknowledged event carries it)."""
@@ -396,11 +484,12 @@ class MqttClient:
             self._control.append(encode(PubRec(packet_id, reason_code), level))
 
     def _allocate_packet_id(self) -> int:
-        """A packet id no outbound flow or request uses [MQTT-2.2.1-3]."""
+        """A packet id no outbound flow or request uses [MQTT-2.2.1-3], and no queued message chose."""
         inflight = self.inflight
         requests = self._pending_requests
+        fixed = self._fixed_ids
         pid, self._next_packet_id = allocate_packet_id(
-            self._next_packet_id, lambda pid: pid in inflight or pid in requests
+            self._next_packet_id, lambda pid: pid in inflight or pid in requests or pid in fixed
         )
         return pid
 
@@ -629,7 +718,7 @@ class MqttClient:
             message.payload,
             qos=message.qos,
             retain=message.retain,
-            dup=dup,
+            dup=dup or message.dup,
             packet_id=message.packet_id or None,
             protocol_level=self.protocol_level,
             properties=message.properties,
@@ -641,7 +730,7 @@ class MqttClient:
             return True
         if self.state is not ClientState.CONNECTED or not self.queue:
             return False
-        return self.queue[0].qos == 0 or len(self.inflight) < self.send_window
+        return not self._head_blocked()
 
     def take_output(self, now: float) -> list[bytes]:
         """The packets to write now: control packets, then queued messages as far as the send window
@@ -652,13 +741,11 @@ class MqttClient:
         if self.state is ClientState.CONNECTED:
             queue = self.queue
             inflight = self.inflight
-            window = self.send_window
             while queue:
-                message = queue[0]
+                if self._head_blocked():
+                    break  # in order: nothing overtakes a message that waits
+                message = self._dequeue()
                 qos = message.qos
-                if qos and len(inflight) >= window:
-                    break
-                queue.popleft()
                 if qos > self.server_maximum_qos or (message.retain and not self.server_retain_available):
                     # The server told us it does not support this [MQTT-3.2.2-11] [MQTT-3.2.2-14]:
                     # the message is refused here rather than sent into a DISCONNECT.
@@ -671,7 +758,7 @@ class MqttClient:
                         self._events.append(PublishAcknowledged(message.token, qos, 0, code))
                     continue
                 if qos:
-                    message.packet_id = self._allocate_packet_id()
+                    message.packet_id = message.fixed_id or self._allocate_packet_id()
                     message.state = FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC
                     inflight[message.packet_id] = message
                 out.append(self._encode_message(message))

@@ -1,12 +1,14 @@
-"""A trio driver for the sans-IO MQTT client (edgebus.client): a TCP connection, a reader and a writer."""
+"""A trio driver for the sans-IO MQTT client (edgebus.client): a TCP or TLS connection, reader and writer."""
 
 from __future__ import annotations
 
 import errno
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import trio
 
@@ -29,8 +31,10 @@ RECEIVE_BYTES = 65536
 WRITE_BATCH_BYTES = 256 * 1024
 
 __all__ = [
+    "ClientStream",
     "ConnectError",
     "MqttConnection",
+    "TlsClientStream",
     "connect_mqtt",
     "open_mqtt_connection",
     "open_tcp_socket",
@@ -69,6 +73,59 @@ async def open_tcp_socket(host: str, port: int) -> TcpStream:
     return TcpStream(sock, f"{host}:{port}")
 
 
+class ClientStream(Protocol):
+    """What an `MqttConnection` needs of its stream: trio's Stream reads and writes, and a synchronous
+    close that takes effect at once (tasks waiting on it wake up with an error)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def force_close(self) -> None: ...
+
+
+class TlsClientStream(trio.abc.Stream):
+    """The client side of TLS over the lean TcpStream (trio.SSLStream). `force_close` closes the TCP
+    socket at once, without a close_notify: like the plain stream's, it serves for aborts and for the
+    end of a connection whose MQTT close (DISCONNECT) is already written."""
+
+    __slots__ = ("_closed", "_ssl", "_transport", "handshake_done", "remote")
+
+    def __init__(self, transport: TcpStream, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        self.handshake_done = False
+        self._transport = transport
+        self._ssl = trio.SSLStream(transport, context, server_hostname=server_hostname)
+        self._closed = False
+        self.remote = transport.remote
+
+    async def do_handshake(self) -> None:
+        """Run the handshake now (else it runs on the first read or write): certificate and host name
+        problems surface here. trio.BrokenResourceError with the ssl.SSLError as its cause."""
+        await self._ssl.do_handshake()
+        self.handshake_done = True
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        return await self._ssl.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        await self._ssl.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._ssl.wait_send_all_might_not_block()
+
+    def force_close(self) -> None:
+        self._closed = True
+        self._transport.force_close()
+
+    async def aclose(self) -> None:
+        self.force_close()
+        await trio.lowlevel.checkpoint()
+
+
 class MqttConnection:
     """One network connection of an `MqttClient`, driven by a reader and a writer task.
 
@@ -80,7 +137,7 @@ class MqttConnection:
 
     def __init__(
         self,
-        stream: TcpStream,
+        stream: ClientStream,
         client: MqttClient,
         on_event: Callable[[Event], None] | None = None,
         on_close: Callable[[], None] | None = None,
@@ -226,7 +283,7 @@ class MqttConnection:
                 if not data:
                     self._close("connection closed by the broker")
                     return
-                client.receive_data(data)
+                client.receive_data(data if isinstance(data, bytes) else bytes(data))
                 self._dispatch()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._close(f"connection lost: {exc}")
@@ -278,17 +335,34 @@ async def connect_mqtt(
     on_event: Callable[[Event], None] | None = None,
     on_close: Callable[[], None] | None = None,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> MqttConnection:
-    """Open TCP, send CONNECT and wait for CONNACK; the connection's reader and writer run in ``nursery``
-    until it closes (``on_close`` is called then). ConnectError when TCP fails, CONNACK refuses, or no
-    CONNACK comes in time."""
+    """Open TCP (and TLS with ``ssl_context``, checking the certificate against ``server_hostname``,
+    by default ``host``), send CONNECT and wait for CONNACK; the connection's reader and writer run in
+    ``nursery`` until it closes (``on_close`` is called then). ConnectError when TCP or the TLS
+    handshake fails, CONNACK refuses, or no CONNACK comes in time."""
     try:
         with trio.fail_after(connect_timeout):
-            stream = await open_tcp_socket(host, port)
+            tcp = await open_tcp_socket(host, port)
     except trio.TooSlowError:
         raise ConnectError(f"TCP connect to {host}:{port} timed out") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    stream: TcpStream | TlsClientStream = tcp
+    if ssl_context is not None:
+        stream = TlsClientStream(tcp, ssl_context, server_hostname or host)
+        try:
+            with trio.fail_after(connect_timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            raise ConnectError(f"TLS handshake with {host}:{port} timed out") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            cause = exc.__cause__ or exc
+            raise ConnectError(f"TLS handshake with {host}:{port} failed: {cause}") from None
+        finally:
+            if not stream.handshake_done:
+                stream.force_close()
     connection = MqttConnection(stream, client, on_event, on_close)
     client.connect(trio.current_time())
     nursery.start_soon(connection._reader)
@@ -321,6 +395,7 @@ async def open_mqtt_connection(
     *,
     on_event: Callable[[Event], None] | None = None,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[MqttConnection]:
     """`connect_mqtt` with a nursery of its own: yields the running connection; on exit a DISCONNECT
     is sent (if still connected) and the connection closed. A connection lost in the body does not
@@ -328,7 +403,13 @@ async def open_mqtt_connection(
     try:
         async with trio.open_nursery() as nursery:
             connection = await connect_mqtt(
-                nursery, host, port, client, on_event=on_event, connect_timeout=connect_timeout
+                nursery,
+                host,
+                port,
+                client,
+                on_event=on_event,
+                connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
             )
             try:
                 yield connection

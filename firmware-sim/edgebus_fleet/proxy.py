@@ -36,6 +36,10 @@ class ChaosProxy:
         self.target_port = target_port
         self.port = 0
         self.down_until = 0.0
+        # Until then, whatever the broker sends is swallowed (the client's writes still get through): a
+        # link that delivers but never answers, as a half-dead uplink does.
+        self.mute_until = 0.0
+        self.mutes = 0
         self.connections: set[tuple[TcpStream, TcpStream]] = set()
         self.flaps = 0
         # Faults on the broker -> client direction.
@@ -83,6 +87,12 @@ class ChaosProxy:
             upstream.force_close()
         self.connections.clear()
 
+    def mute(self, duration: float) -> None:
+        """For ``duration`` seconds, drop everything the broker sends on every connection (acknowledgements
+        lost, PINGRESPs lost), while the client's packets still reach the broker."""
+        self.mutes += 1
+        self.mute_until = trio.current_time() + duration
+
     @property
     def is_down(self) -> bool:
         return trio.current_time() < self.down_until
@@ -113,6 +123,8 @@ class ChaosProxy:
                 data = await source.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
+                if from_broker and trio.current_time() < self.mute_until:
+                    continue  # muted: the answer is lost on the way
                 faulty = self.drop_qos1_publishes or self.duplicate_publishes or self.drop_will_publishes
                 if from_broker and (faulty or buffer):
                     buffer += data

@@ -289,3 +289,113 @@ def test_client_module_is_sans_io() -> None:
             imported.add(node.module.split(".")[0])
     assert "edgebus" in imported  # the walk sees the imports at all
     assert not imported & FORBIDDEN
+
+
+# --- caller-chosen packet ids and release(): what the upstream bridge builds exactly-once on -------------
+
+
+def test_publish_with_a_chosen_packet_id_and_dup() -> None:
+    # A chosen packet id is the one on the wire, through the whole QoS 2 flow (§4.3.3); DUP is set on the
+    # first transmission when the caller says it may be a re-delivery [MQTT-3.3.1-1].
+    client, server = connected()
+    assert client.publish("up/a", b"x", qos=2, token="r7", packet_id=7, dup=True)
+    assert client.publish("up/b", b"y", qos=1, token="r300", packet_id=300)
+    q2, q1 = server.read()
+    assert isinstance(q2, Publish) and q2.packet_id == 7 and q2.dup and q2.qos == 2
+    assert isinstance(q1, Publish) and q1.packet_id == 300 and not q1.dup
+    server.send(PubRec(7), PubAck(300))
+    (acked_300,) = server.events()
+    assert acked_300 == PublishAcknowledged("r300", 1, 300, 0)
+    assert server.read() == [PubRel(7)]
+    server.send(PubComp(7))
+    assert server.events() == [PublishAcknowledged("r7", 2, 7, 0)]
+
+
+def test_qos0_takes_no_packet_id_and_no_dup() -> None:
+    # [MQTT-2.2.1-2]: a QoS 0 PUBLISH has no packet id; [MQTT-3.3.1-2]: its DUP flag is 0.
+    client, _ = connected()
+    with pytest.raises(ValueError, match="QoS 0"):
+        client.publish("t", b"", qos=0, packet_id=3)
+    with pytest.raises(ValueError, match="QoS 0"):
+        client.publish("t", b"", qos=0, dup=True)
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        client.publish("t", b"", qos=1, packet_id=0x10000)
+
+
+def test_allocated_ids_avoid_ids_chosen_by_queued_messages() -> None:
+    # [MQTT-2.2.1-3]: an id handed to SUBSCRIBE is not in use, and not one a queued message will use.
+    client, server = connected(max_inflight=1)
+    client.publish("t", b"first", qos=1)  # allocated: 1
+    client.publish("t", b"second", qos=1, packet_id=2)  # waits for the window
+    (first,) = server.read()
+    assert isinstance(first, Publish) and first.packet_id == 1
+    pid = client.subscribe([Subscription("x")])
+    assert pid == 3
+    (subscribe,) = server.read()
+    assert isinstance(subscribe, Subscribe) and subscribe.packet_id == 3
+    server.send(PubAck(1))
+    server.events()
+    (second,) = server.read()
+    assert isinstance(second, Publish) and second.packet_id == 2
+
+
+def test_a_message_waits_while_its_chosen_id_is_in_use() -> None:
+    # [MQTT-2.2.1-3]: a packet id is not reused while its flow runs; the message (and everything queued
+    # after it, to keep the order) waits until the PUBCOMP frees the id.
+    client, server = connected()
+    client.release(5, token="rel")
+    client.publish("t", b"five", qos=2, packet_id=5)
+    client.publish("t", b"after", qos=1)
+    assert server.read() == [PubRel(5)]
+    assert not client.has_output()
+    server.send(PubComp(5))
+    assert server.events() == [PublishAcknowledged("rel", 2, 5, 0)]
+    assert client.has_output()
+    five, after = server.read()
+    assert isinstance(five, Publish) and five.packet_id == 5 and five.payload == b"five"
+    assert isinstance(after, Publish) and after.payload == b"after" and after.packet_id not in (5, None)
+
+
+def test_release_sends_pubrel_and_the_pubcomp_ends_the_flow() -> None:
+    # A new process releases an id the receiver may still hold for a QoS 2 message (§4.3.3, the sender's
+    # PUBREL after PUBREC [MQTT-4.3.3-4]); every PUBREL is answered by PUBCOMP [MQTT-4.3.3-11], 0x92 when
+    # the receiver holds nothing under the id (5.0, §3.7.2.1): either way the flow ends with the code.
+    client, server = connected()
+    client.release(9, token="a")
+    client.release(10, token="b")
+    assert server.read() == [PubRel(9), PubRel(10)]
+    with pytest.raises(ValueError, match="in use"):
+        client.release(9)
+    server.send(PubComp(9), PubComp(10, 0x92))
+    assert server.events() == [PublishAcknowledged("a", 2, 9, 0), PublishAcknowledged("b", 2, 10, 0x92)]
+    assert not client.inflight
+
+
+def test_release_is_resent_after_a_reconnect_with_the_session() -> None:
+    # [MQTT-4.4.0-1]: an unacknowledged PUBREL is resent when the session is resumed.
+    client, server = connected(clean_start=False, session_expiry_interval=60)
+    client.release(4, token="r4")
+    assert server.read() == [PubRel(4)]
+    server.reconnect()
+    with pytest.raises(RuntimeError, match="connection"):
+        client.release(5)
+    client.connect(1.0)
+    server.read()
+    server.send(ConnAck(session_present=True))
+    server.events()
+    assert server.read() == [PubRel(4)]
+
+
+def test_a_chosen_id_is_kept_when_the_message_is_sent_again_as_new() -> None:
+    # Session Present 0 [MQTT-3.2.2-5]: a message the server never acknowledged is published again; with a
+    # chosen id it goes out under that id again (the id is the message's, not the connection's).
+    client, server = connected(clean_start=False, session_expiry_interval=60)
+    client.publish("t", b"m", qos=2, packet_id=42)
+    server.read()
+    server.reconnect()
+    client.connect(1.0)
+    server.read()
+    server.send(ConnAck(session_present=False))
+    server.events()
+    (again,) = server.read()
+    assert isinstance(again, Publish) and again.packet_id == 42 and again.payload == b"m"
