@@ -26,6 +26,7 @@ from edgebus.auth import (
     read_acl_file,
     read_password_file,
 )
+from edgebus.bridge.runner import NOT_ROUTED, Bridge
 from edgebus.config import Config
 from edgebus.flows import FlowState
 from edgebus.limits import RateQuota
@@ -215,6 +216,21 @@ class Broker:
         self._extra_listeners: list[Listener] = []
         self.refused_connections = 0
         self.reload_security()
+        # Upstream bridges (issue 6): each gets every routed message (`Bridge.offer`) and runs in the root
+        # nursery. Commit waiters: (store batch, event) of in-rule messages waiting to be on disk.
+        gateway_id = config.server.gateway_id or socket.gethostname()
+        self.bridges = [
+            Bridge(
+                bridge,
+                gateway_id,
+                self.store,
+                self._publish_from_bridge,
+                self.wait_committed,
+                self._publish_state,
+            )
+            for bridge in config.bridge
+        ]
+        self._commit_waiters: list[tuple[int, trio.Event]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -238,6 +254,10 @@ class Broker:
                     listener.close()
                 raise
             self._restore(state)
+        else:
+            epoch = secrets.token_hex(4)  # nothing survives a restart: every run is a new epoch
+            for bridge in self.bridges:
+                bridge.restore([], 0, epoch)
         self._open_extra_listeners(listeners)
         log.info("edgebus %s listening on %s", __version__, ", ".join(f"{h}:{p}" for h, p in self.addresses))
         try:
@@ -249,6 +269,8 @@ class Broker:
                     root.start_soon(self.store.commit_forever, self._on_commit)
                 if self.config.sys.interval > 0:
                     root.start_soon(self._publish_sys_forever, self.config.sys.interval)
+                for bridge in self.bridges:
+                    root.start_soon(bridge.run)
                 async with trio.open_nursery() as connections:
                     self._connections = connections
                     self._connections_open = True
@@ -734,6 +756,18 @@ class Broker:
         topic = message.topic
         if publisher is not None and topic.startswith("$SYS"):
             return ReasonCode.NOT_AUTHORIZED  # $SYS is the broker's own; clients may not publish there
+        bridged = False
+        if self.bridges:
+            # Into the bridges' outboxes first: a full outbox under "refuse" refuses the whole message
+            # (0x97), before anything else happened to it.
+            for bridge in self.bridges:
+                batch = bridge.offer(message)
+                if batch is None:
+                    return ReasonCode.QUOTA_EXCEEDED
+                if batch != NOT_ROUTED:
+                    bridged = True
+                    if batch:
+                        self._commit_wait = batch
         if message.retain:
             if message.payload:
                 self.retained.set(topic, message)  # [MQTT-3.3.1-5]
@@ -754,7 +788,7 @@ class Broker:
                     self._commit_wait = store.op("unretain", topic)
         matches, groups = self.router.match(topic)
         if not matches and not groups:
-            return ReasonCode.NO_MATCHING_SUBSCRIBERS
+            return ReasonCode.SUCCESS if bridged else ReasonCode.NO_MATCHING_SUBSCRIBERS
         sessions = self.sessions
         refused = False
         publisher_id = message.publisher_id
@@ -964,6 +998,15 @@ class Broker:
             for conn in list(holding):
                 if not conn.release(seq):
                     holding.discard(conn)
+        if self.bridges:
+            for bridge in self.bridges:
+                bridge.on_commit(seq)
+            waiters = self._commit_waiters
+            if waiters:
+                self._commit_waiters = [(batch, event) for batch, event in waiters if batch > seq]
+                for batch, event in waiters:
+                    if batch <= seq:
+                        event.set()
         now = trio.current_time()
         if now >= self._next_size_check:
             self._next_size_check = now + STORE_SIZE_CHECK_S
@@ -1057,12 +1100,52 @@ class Broker:
                 now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)
             )
             self._delayed_wills[cid] = (timer, will, level)
+        self._restore_bridges(state)
         log.info(
             "restored %d sessions, %d queued or in-flight messages, %d retained messages from the store",
             len(self.sessions),
             sum(len(s.outbox) + len(s.inflight) for s in self.sessions.values()),
             len(self.retained),
         )
+
+    def _restore_bridges(self, state: StoredState) -> None:
+        store = self.store
+        assert store is not None
+        configured = {bridge.name for bridge in self.bridges}
+        for bridge in self.bridges:
+            bridge.restore(
+                state.bridge_outboxes.get(bridge.name, []),
+                state.bridge_cursors.get(bridge.name, 0),
+                state.epoch,
+            )
+        for name, rows in state.bridge_outboxes.items():
+            if name not in configured:
+                log.warning(
+                    "store: the outbox of bridge %r holds %d messages but no such bridge is configured: "
+                    "kept until it is configured again",
+                    name,
+                    len(rows),
+                )
+
+    # --- bridges (issue 6) ----------------------------------------------------------------------
+
+    def _publish_from_bridge(self, message: Message) -> int:
+        """Route a message an in rule brought; returns the store batch to wait for (0: none)."""
+        self._commit_wait = 0
+        self.publish(message, None)
+        return self._commit_wait
+
+    async def wait_committed(self, batch: int) -> None:
+        """Return once store batch ``batch`` is on disk."""
+        store = self.store
+        if store is None or store.committed_seq >= batch:
+            return
+        event = trio.Event()
+        self._commit_waiters.append((batch, event))
+        await event.wait()
+
+    def _publish_state(self, topic: str, value: str) -> None:
+        self.publish(Message(topic, value.encode(), 0, True), None)
 
     def _restore_session(
         self, stored: StoredSession, messages: dict[int, Message], now: float, wall: float
@@ -1130,7 +1213,7 @@ class Broker:
         stats = self.stats
         connected = sum(1 for s in self.sessions.values() if s.connection is not None)
         queued = sum(len(s.outbox) for s in self.sessions.values())
-        return {
+        values = {
             "$SYS/broker/version": f"edgebus {__version__}",
             "$SYS/broker/uptime": f"{int(time.monotonic() - self.started_at)} seconds",
             "$SYS/broker/clients/connected": str(connected),
@@ -1148,6 +1231,11 @@ class Broker:
             "$SYS/broker/subscriptions/count": str(self.router.subscription_count),
             "$SYS/broker/store/bytes": str(self.store.size_bytes() if self.store is not None else 0),
         }
+        if self.bridges:
+            wall = time.time()
+            for bridge in self.bridges:
+                values.update(bridge.sys_values(wall))
+        return values
 
     def publish_sys(self) -> None:
         for topic, value in self.sys_values().items():

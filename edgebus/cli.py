@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from edgebus.auth import (
     read_password_file,
     set_password,
 )
+from edgebus.bridge.transform import require_cbor, require_nats
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
 from edgebus.transport.listener import listener_problems
 
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _passwd(args)
     if args.command == "check-config":
         try:
-            problems = [f"{args.file}: {problem}" for problem in _security_problems(load_config(args.file))]
+            problems = [f"{args.file}: {problem}" for problem in _startup_problems(load_config(args.file))]
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level:
             server = dataclasses.replace(server, log_level=args.log_level)
         config = dataclasses.replace(config, server=server)
-        problems = _security_problems(config)
+        problems = _startup_problems(config)
         if problems:
             raise ValueError("; ".join(problems))
     except (ConfigError, ValueError) as exc:
@@ -133,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _security_problems(config: Config) -> list[str]:
-    """What in [security] / [[listener]] would stop the broker: unreadable password, ACL or TLS files."""
+def _startup_problems(config: Config) -> list[str]:
+    """What would stop the broker: unreadable password, ACL or TLS files, a bridge's missing package."""
     problems = listener_problems(config)
     security = config.security
     try:
@@ -144,6 +146,18 @@ def _security_problems(config: Config) -> list[str]:
             read_acl_file(security.acl_file)
     except (PasswordFileError, AclError) as exc:
         problems.append(str(exc))
+    for bridge in config.bridge:
+        try:
+            if bridge.kind == "nats-jetstream":
+                require_nats()
+            if any(rule.transform == "cbor-json" for rule in bridge.topics):
+                require_cbor()
+        except RuntimeError as exc:
+            problems.append(f"bridge {bridge.name}: {exc}")
+        for key in ("cafile", "certfile", "keyfile"):
+            path = getattr(bridge, key)
+            if path and not os.access(path, os.R_OK):
+                problems.append(f"bridge {bridge.name}: {key} {path!r} cannot be read")
     return problems
 
 

@@ -183,6 +183,7 @@ async def _start_edgebus(
     data_dir: Path,
     overrides: dict[str, dict[str, Any]],
     listeners: list[dict[str, Any]] | None = None,
+    bridges: tuple[Any, ...] = (),
 ) -> BrokerHandle:
     from edgebus.broker import Broker
     from edgebus.config import (
@@ -200,7 +201,9 @@ async def _start_edgebus(
     )
 
     config = Config(
-        server=ServerConfig(listen=(ListenAddress("127.0.0.1", 0),), data_dir=str(data_dir)),
+        server=ServerConfig(
+            listen=(ListenAddress("127.0.0.1", 0),), data_dir=str(data_dir), gateway_id="gw-test"
+        ),
         mqtt=MqttConfig(**overrides.get("mqtt", {})),
         queue=QueueConfig(**overrides.get("queue", {})),
         sys=SysConfig(**overrides.get("sys", {})),
@@ -212,6 +215,7 @@ async def _start_edgebus(
             ListenerConfig(**{**entry, "address": parse_listen_address(entry.get("address", "127.0.0.1:0"))})
             for entry in listeners or []
         ),
+        bridge=bridges,
     )
     broker = Broker(config)
     stopped = trio.Event()
@@ -240,7 +244,7 @@ StartBroker = Callable[..., Awaitable[BrokerHandle]]
 @pytest.fixture
 async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartBroker]:
     """Factory: ``await start_broker(mqtt={...}, queue={...}, sys={...}, security={...}, limits={...},
-    listeners=[{...}], data_dir=None)``.
+    listeners=[{...}], data_dir=None, bridges=(BridgeConfig(...), ...))``.
 
     Each call starts a broker with those config overrides (keys as in edgebus.config). A broker still
     running at the end of the test is shut down; pass ``data_dir`` to restart on the same state.
@@ -257,9 +261,10 @@ async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
         limits: dict[str, Any] | None = None,
         listeners: list[dict[str, Any]] | None = None,
         data_dir: Path | None = None,
+        bridges: tuple[Any, ...] = (),
     ) -> BrokerHandle:
         overrides = {"mqtt": mqtt or {}, "queue": queue or {}, "sys": sys or {}, "storage": storage or {}}
-        if security or limits or listeners:
+        if security or limits or listeners or bridges:
             if PEER == "mosquitto":
                 pytest.skip("security, limits and extra listeners are tested on edgebus only")
             overrides |= {"security": security or {}, "limits": limits or {}}
@@ -269,7 +274,7 @@ async def start_broker(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
         if PEER == "mosquitto":
             handle = await _start_mosquitto(data_dir, overrides)
         else:
-            handle = await _start_edgebus(nursery, data_dir, overrides, listeners or [])
+            handle = await _start_edgebus(nursery, data_dir, overrides, listeners or [], bridges)
         handles.append(handle)
         return handle
 

@@ -118,8 +118,8 @@ def _toml(value: object) -> str:
 def test_example_file_sets_every_schema_key() -> None:
     data = tomllib.loads(_example_with_arrays_uncommented())
     keys = [info.key for info in iter_settings()]
-    # server, mqtt, queue, storage, sys, security, limits, [[listener]]
-    assert len(keys) == 3 + 11 + 3 + 2 + 1 + 5 + 7 + 10
+    # server, mqtt, queue, storage, sys, security, limits, [[listener]], [[bridge]]
+    assert len(keys) == 4 + 11 + 3 + 2 + 1 + 5 + 7 + 10 + 25
     for key in keys:
         table: object = data
         for part in key.split("."):
@@ -262,9 +262,7 @@ def test_quoted_dotted_and_inline_forms_are_accepted() -> None:
     # `sys = 1` inside [queue] is an unknown key of [queue], not the [sys] section.
     error = parse_error(text)
     assert str(error).startswith("test.toml:5: queue.sys: unknown key")
-    config = parse_config(
-        'mqtt.max_qos = 1\nsys = { interval = 1 }\n["server"]\n"log_level" = \'warning\'\n'
-    )
+    config = parse_config('mqtt.max_qos = 1\nsys = { interval = 1 }\n["server"]\n"log_level" = \'warning\'\n')
     assert config.mqtt.max_qos == 1
     assert config.sys.interval == 1.0
     assert config.server.log_level == "warning"
@@ -308,10 +306,10 @@ def test_unknown_section(tmp_path: Path) -> None:
 
 
 def test_unknown_section_lists_the_known_ones() -> None:
-    error = parse_error("[mqtt]\nmax_qos = 1\n[bridges]\nx = 1\n")
+    error = parse_error("[mqtt]\nmax_qos = 1\n[plugins]\nx = 1\n")
     assert str(error) == (
-        "test.toml:3: bridges: unknown section; "
-        "known: server, mqtt, queue, storage, sys, security, limits, listener"
+        "test.toml:3: plugins: unknown section; "
+        "known: server, mqtt, queue, storage, sys, security, limits, listener, bridge"
     )
 
 
@@ -323,7 +321,9 @@ def test_unknown_key(tmp_path: Path) -> None:
 
 def test_unknown_subtable_points_at_its_header() -> None:
     error = parse_error("[server]\n\n[server.tls]\ncert = 'x'\n")
-    assert str(error).startswith("test.toml:3: server.tls: unknown key; known: listen, data_dir, log_level")
+    assert str(error).startswith(
+        "test.toml:3: server.tls: unknown key; known: listen, data_dir, gateway_id, log_level"
+    )
 
 
 def test_setting_outside_its_section_is_named() -> None:
@@ -335,7 +335,9 @@ def test_setting_outside_its_section_is_named() -> None:
 
 def test_section_that_is_not_a_table() -> None:
     error = parse_error("[server]\n\nmqtt = 5\n")
-    assert str(error) == "test.toml:3: server.mqtt: unknown key; known: listen, data_dir, log_level"
+    assert (
+        str(error) == "test.toml:3: server.mqtt: unknown key; known: listen, data_dir, gateway_id, log_level"
+    )
     error = parse_error("\nmqtt = 5\n")
     assert str(error) == "test.toml:2: mqtt: must be a table ([mqtt]), got 5"
 
@@ -385,18 +387,23 @@ def _integer_bounds() -> list[tuple[str, int, int]]:
 INTEGER_BOUNDS = _integer_bounds()
 
 
+#: Keys an array-of-tables element cannot do without, added after the key under test.
+REQUIRED_KEYS = {"[[bridge]]": 'name = "b"\naddresses = ["cloud:1883"]\ntopics = [{ pattern = "#" }]\n'}
+
+
 @pytest.mark.parametrize(("key", "low", "high"), INTEGER_BOUNDS, ids=[key for key, _, _ in INTEGER_BOUNDS])
 def test_integer_range_bounds(key: str, low: int, high: int) -> None:
     section_name, name = key.split(".")
     array = section_name.endswith("[]")
     header = f"[[{section_name[:-2]}]]" if array else f"[{section_name}]"
     shown = key.replace("[]", "[0]")
+    required = REQUIRED_KEYS.get(header, "")
     for accepted in (low, high):
-        config = parse_config(f"{header}\n{name} = {accepted}\n")
+        config = parse_config(f"{header}\n{name} = {accepted}\n{required}")
         table = getattr(config, section_name[:-2])[0] if array else getattr(config, section_name)
         assert getattr(table, name) == accepted
     for rejected in (low - 1, high + 1):
-        error = parse_error(f"{header}\n\n{name} = {rejected}\n")
+        error = parse_error(f"{header}\n\n{name} = {rejected}\n{required}")
         assert str(error) == f"test.toml:3: {shown}: must be an integer from {low} to {high}, got {rejected}"
 
 
@@ -418,6 +425,11 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "limits.max_topic_levels": (0, 65535),
         "limits.max_subscriptions_per_client": (0, 10_000_000),
         "listener[].max_connections": (0, 10_000_000),
+        "bridge[].protocol_level": (4, 5),
+        "bridge[].window": (1, 30000),
+        "bridge[].max_messages": (1, 100_000_000),
+        "bridge[].max_bytes": (1024, 2**50),
+        "bridge[].session_expiry": (0, 4_294_967_295),
     }
 
 
@@ -559,7 +571,7 @@ def test_lookalike_lines_inside_multiline_strings_are_ignored() -> None:
 
 
 def test_single_line_string_with_triple_quote_does_not_open_a_multiline_string() -> None:
-    text = "[server]\ndata_dir = '\"\"\"'\nlog_level = 5\n"
+    text = '[server]\ndata_dir = \'"""\'\nlog_level = 5\n'
     assert parse_error(text).line == 3
 
 
@@ -684,3 +696,56 @@ def test_listen_address_checks_its_fields() -> None:
     with pytest.raises(ValueError, match="host"):
         ListenAddress("", 1883)
     assert str(ListenAddress("::", 0)) == "[::]:0"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# [[bridge]]
+
+BRIDGE = '[[bridge]]\nname = "cloud"\naddresses = ["cloud.example.com:8883"]\n'
+
+
+def test_bridge_with_topic_rules() -> None:
+    config = parse_config(
+        BRIDGE + 'topics = [{ pattern = "sensors/#", remote_prefix = "gw/", transform = "cbor-json" },\n'
+        '  { pattern = "cmd/+", direction = "in", qos = 1, local_prefix = "dev/" }]\n'
+    )
+    (bridge,) = config.bridge
+    out, inbound = bridge.topics
+    assert (out.pattern, out.direction, out.qos, out.remote_prefix, out.transform) == (
+        "sensors/#",
+        "out",
+        2,
+        "gw/",
+        "cbor-json",
+    )
+    assert (inbound.direction, inbound.qos, inbound.local_prefix) == ("in", 1, "dev/")
+
+
+def test_bridge_needs_name_addresses_and_topics() -> None:
+    error = parse_error("[mqtt]\nmax_qos = 1\n[[bridge]]\nkind = 'mqtt'\n")
+    assert [(p.line, p.key) for p in error.problems] == [
+        (3, "bridge[0].name"),
+        (3, "bridge[0].addresses"),
+        (3, "bridge[0].topics"),
+    ]
+
+
+def test_bridge_topic_rule_errors_name_the_rule() -> None:
+    error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#" }, { pattern = "b", qos = 3 }]\n')
+    assert str(error) == "test.toml:4: bridge[0].topics[1].qos: must be an integer from 0 to 2, got 3"
+    error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#", direction = "up" }]\n')
+    assert 'bridge[0].topics[0].direction: must be one of "out", "in", "both", got "up"' in str(error)
+    error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#", prefix = "x" }]\n')
+    assert "bridge[0].topics[0].prefix: unknown key" in str(error)
+    error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#/b" }]\n')
+    assert "pattern 'a/#/b' is not a valid topic filter" in str(error)
+    error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#", remote_prefix = "x/+/" }]\n')
+    assert "must not contain wildcards" in str(error)
+
+
+def test_jetstream_bridge_needs_a_stream_and_names_are_unique() -> None:
+    error = parse_error(BRIDGE + 'kind = "nats-jetstream"\ntopics = [{ pattern = "#" }]\n')
+    assert "bridge[0].stream: a nats-jetstream bridge needs the stream name" in str(error)
+    twice = BRIDGE + 'topics = [{ pattern = "#" }]\n'
+    error = parse_error(twice + twice)
+    assert "bridge name 'cloud' is used twice" in str(error)

@@ -26,7 +26,7 @@ log = logging.getLogger("edgebus.store")
 
 Durability = Literal["fsync", "os", "memory"]
 DB_NAME = "edgebus.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Operations, as tuples whose first item names them (see `_APPLY` for the SQL of each).
 Op = tuple[Any, ...]
@@ -93,8 +93,29 @@ CREATE TABLE wills (
 );
 """
 
+# Version 2: the bridges' outboxes (issue 6). `epoch` names this store in forwarded message ids: a new
+# store (or a wiped data directory) starts a new epoch, so its sequence numbers never pass for old ones.
+_SCHEMA_V2 = """
+CREATE TABLE bridge_outbox (
+    bridge TEXT NOT NULL,
+    seq INTEGER NOT NULL,            -- per bridge, strictly increasing, never reused
+    topic TEXT NOT NULL,             -- the remote topic or subject
+    payload BLOB NOT NULL,           -- as forwarded (after any transform)
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    content_type TEXT,
+    queued_at REAL NOT NULL,         -- wall clock
+    PRIMARY KEY (bridge, seq)
+) WITHOUT ROWID;
+CREATE TABLE bridge_cursor (
+    bridge TEXT PRIMARY KEY,
+    forwarded_seq INTEGER NOT NULL   -- everything up to here is in the upstream log
+);
+INSERT OR IGNORE INTO meta VALUES ('epoch', lower(hex(randomblob(4))))
+"""
+
 #: Schema migrations: MIGRATIONS[n] takes a database from version n to n + 1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 _APPLY: dict[str, str] = {
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
@@ -112,7 +133,14 @@ _APPLY: dict[str, str] = {
     "unretain": "DELETE FROM retained WHERE topic = ?",
     "will": "INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "will_gone": "DELETE FROM wills WHERE client_id = ?",
+    "bridge_in": "INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "bridge_drop": "DELETE FROM bridge_outbox WHERE bridge = ? AND seq = ?",
 }
+# ("bridge_done", bridge, seq): everything up to seq is in the upstream log.
+_BRIDGE_DONE = (
+    "DELETE FROM bridge_outbox WHERE bridge = ? AND seq <= ?",
+    "INSERT OR REPLACE INTO bridge_cursor VALUES (?, ?)",
+)
 _SESSION_GONE = (
     "DELETE FROM subscriptions WHERE client_id = ?",
     "DELETE FROM deliveries WHERE client_id = ?",
@@ -154,6 +182,13 @@ class StoredState:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     retained: list[tuple[str, bytes, int, bytes | None, float | None]] = field(default_factory=list)
     wills: list[tuple[str, str, bytes, int, bool, bytes | None, int, float]] = field(default_factory=list)
+    # Per bridge: its outbox rows (seq, topic, payload, qos, retain, content_type, queued_at) in order,
+    # and the last sequence known to be forwarded.
+    bridge_outboxes: dict[str, list[tuple[int, str, bytes, int, bool, str | None, float]]] = field(
+        default_factory=dict
+    )
+    bridge_cursors: dict[str, int] = field(default_factory=dict)
+    epoch: str = ""
     next_message_id: int = 1
     next_delivery_seq: int = 1
     recovered_from: str | None = None  # set when the files were damaged and moved aside
@@ -279,6 +314,9 @@ class Store:
                 if op[0] == "session_gone":
                     for sql in _SESSION_GONE:
                         db.execute(sql, (op[1],))
+                elif op[0] == "bridge_done":
+                    for sql in _BRIDGE_DONE:
+                        db.execute(sql, op[1:])
                 else:
                     db.execute(_APPLY[op[0]], op[1:])
         self.commits += 1
@@ -400,6 +438,15 @@ class Store:
         state.wills = [
             (r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in db.execute("SELECT * FROM wills")
         ]
+        for bridge, seq, topic, payload, qos, retain, content_type, queued_at in db.execute(
+            "SELECT * FROM bridge_outbox ORDER BY bridge, seq"
+        ):
+            state.bridge_outboxes.setdefault(bridge, []).append(
+                (seq, topic, payload, qos, bool(retain), content_type, queued_at)
+            )
+        state.bridge_cursors = dict(db.execute("SELECT * FROM bridge_cursor"))
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        state.epoch = row[0] if row else ""
         max_mid = db.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0
         max_seq = db.execute("SELECT MAX(seq) FROM deliveries").fetchone()[0] or 0
         state.next_message_id = max_mid + 1
@@ -425,6 +472,12 @@ class Store:
             log.error("store: nothing recoverable from %s: %s", damaged, exc)
             return
         try:
+            try:  # keep the epoch: the salvaged outbox rows keep the ids the upstream may already hold
+                row = old.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                if row is not None:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (row[0],))
+            except sqlite3.Error as exc:
+                log.error("store: the epoch of %s is unreadable (%s): a new one starts", damaged, exc)
             for table in (
                 "sessions",
                 "subscriptions",
@@ -433,6 +486,8 @@ class Store:
                 "inbound_qos2",
                 "retained",
                 "wills",
+                "bridge_outbox",
+                "bridge_cursor",
             ):
                 copied = 0
                 try:

@@ -1,0 +1,1 @@
+"""Upstream bridges: a durable outbox forwarded in order, exactly once, to MQTT or NATS JetStream."""

@@ -1,0 +1,117 @@
+"""What the bridge asks of an upstream engine: the interface each sink (MQTT, JetStream, Kafka) implements.
+
+The runner (edgebus.bridge.runner) owns the outbox, its order, the window, the rate, reconnects and the
+state; a sink only knows how to talk to one engine. Adding an engine is one module with a class that has
+this shape, plus one line in `edgebus.bridge.sinks.make_sink`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "MESSAGE_ID_HEADER",
+    "MESSAGE_ID_PROPERTY",
+    "BridgeIdentity",
+    "Deliver",
+    "InboundMessage",
+    "Record",
+    "Sink",
+    "SinkError",
+    "Uplink",
+]
+
+#: The MQTT v5 user property that carries a forwarded message's stable id.
+MESSAGE_ID_PROPERTY = "edgebus-msg-id"
+#: The NATS header that carries it: JetStream de-duplicates on it within the stream's window.
+MESSAGE_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeIdentity:
+    """Who is forwarding: the gateway, and the epoch of its store (a new store starts new ids)."""
+
+    gateway_id: str
+    epoch: str
+
+    @property
+    def id_prefix(self) -> str:
+        return f"{self.gateway_id}:{self.epoch}:"
+
+    def message_id(self, seq: int) -> str:
+        """The stable id of outbox entry ``seq``: ``<gateway>:<epoch>:<seq>``."""
+        return f"{self.gateway_id}:{self.epoch}:{seq}"
+
+    def seq_of(self, message_id: str | None) -> int:
+        """The outbox sequence in one of our ids; 0 for an id of another gateway or store (or none)."""
+        if not message_id or not message_id.startswith(self.id_prefix):
+            return 0
+        tail = message_id[len(self.id_prefix) :]
+        return int(tail) if tail.isdigit() else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One outbox entry on its way upstream."""
+
+    seq: int  # outbox sequence: strictly increasing per bridge and store, never reused
+    message_id: str  # BridgeIdentity.message_id(seq)
+    topic: str  # remote MQTT topic, or NATS subject, already remapped by the topic rule
+    payload: bytes  # already transformed
+    qos: int  # the rule's QoS (MQTT upstream)
+    retain: bool
+    content_type: str | None  # "application/json" after the cbor-json transform
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message from upstream matched by an in rule, before remapping to the local topic."""
+
+    topic: str  # remote MQTT topic, or NATS subject, as received
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+#: Hands an inbound message to the broker; returns once it is safe locally (committed to the store),
+#: after which the sink acknowledges it upstream.
+Deliver = Callable[[InboundMessage], Awaitable[None]]
+
+
+class SinkError(Exception):
+    """The uplink failed (refused, timed out, broke): the runner closes it and reconnects after a backoff.
+    Nothing in the batch that raised it counts as forwarded.
+
+    ``rejected_seq``: the first record the upstream explicitly refused (an error acknowledgement), if
+    that is why. Later records of the batch may be in the log all the same, so the runner must not take
+    the log's last id as proof that this one is there: it sends it again even if `resume` says otherwise.
+    """
+
+    def __init__(self, message: str, rejected_seq: int | None = None) -> None:
+        super().__init__(message)
+        self.rejected_seq = rejected_seq
+
+
+class Uplink(Protocol):
+    """One live connection to the upstream."""
+
+    async def resume(self, first_seq: int, last_seq: int) -> int:
+        """Called once per connection, before any `send`, with the outbox's unacknowledged range
+        (``first_seq > last_seq`` when it is empty). Returns the highest of our sequences the log
+        already holds (0 if none or unknown): the runner skips everything up to it. Raises SinkError."""
+        ...
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Forward ``records`` in order; return once the upstream acknowledged every one of them.
+        Raises SinkError on a failure or after the bridge's ack_timeout."""
+        ...
+
+
+class Sink(Protocol):
+    """An upstream engine; `connect` opens one `Uplink` for the body of an ``async with``. In rules
+    start receiving inside it and call the ``deliver`` the sink was made with."""
+
+    def connect(self) -> AbstractAsyncContextManager[Uplink]: ...
