@@ -6,8 +6,8 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
 import trio
@@ -24,6 +24,7 @@ from edgebus.client import (
 )
 from edgebus.protocol.packets import NO_PROPERTIES, ConnAck, Properties, Subscription
 from edgebus.transport.tcp import TcpStream
+from edgebus.transport.tls import TlsClientStream
 
 #: Bytes asked of the socket per read.
 RECEIVE_BYTES = 65536
@@ -34,10 +35,10 @@ __all__ = [
     "ClientStream",
     "ConnectError",
     "MqttConnection",
-    "TlsClientStream",
     "connect_mqtt",
     "open_mqtt_connection",
     "open_tcp_socket",
+    "unwrap_single_error",
 ]
 
 
@@ -82,48 +83,6 @@ class ClientStream(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def force_close(self) -> None: ...
-
-
-class TlsClientStream(trio.abc.Stream):
-    """The client side of TLS over the lean TcpStream (trio.SSLStream). `force_close` closes the TCP
-    socket at once, without a close_notify: like the plain stream's, it serves for aborts and for the
-    end of a connection whose MQTT close (DISCONNECT) is already written."""
-
-    __slots__ = ("_closed", "_ssl", "_transport", "handshake_done", "remote")
-
-    def __init__(self, transport: TcpStream, context: ssl.SSLContext, server_hostname: str | None) -> None:
-        self.handshake_done = False
-        self._transport = transport
-        self._ssl = trio.SSLStream(transport, context, server_hostname=server_hostname)
-        self._closed = False
-        self.remote = transport.remote
-
-    async def do_handshake(self) -> None:
-        """Run the handshake now (else it runs on the first read or write): certificate and host name
-        problems surface here. trio.BrokenResourceError with the ssl.SSLError as its cause."""
-        await self._ssl.do_handshake()
-        self.handshake_done = True
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        return await self._ssl.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        await self._ssl.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._ssl.wait_send_all_might_not_block()
-
-    def force_close(self) -> None:
-        self._closed = True
-        self._transport.force_close()
-
-    async def aclose(self) -> None:
-        self.force_close()
-        await trio.lowlevel.checkpoint()
 
 
 class MqttConnection:
@@ -387,6 +346,18 @@ async def connect_mqtt(
     raise ConnectError(f"{host}:{port} closed the connection before CONNACK ({connection.close_reason})")
 
 
+@contextmanager
+def unwrap_single_error() -> Iterator[None]:
+    """A nursery wraps even a single error in an exception group: raise that one as it was, so callers
+    can catch ConnectError, SinkError ... directly."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
 @asynccontextmanager
 async def open_mqtt_connection(
     host: str,
@@ -400,7 +371,7 @@ async def open_mqtt_connection(
     """`connect_mqtt` with a nursery of its own: yields the running connection; on exit a DISCONNECT
     is sent (if still connected) and the connection closed. A connection lost in the body does not
     raise: the body sees ``connection.closed`` set."""
-    try:
+    with unwrap_single_error():
         async with trio.open_nursery() as nursery:
             connection = await connect_mqtt(
                 nursery,
@@ -421,8 +392,3 @@ async def open_mqtt_connection(
                         await connection.closed.wait()
                 connection.abort("closed")
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # One error from the body or the connect, wrapped by the nursery: raise it as it was.
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise

@@ -55,7 +55,7 @@ from edgebus.client import (
     SubscribeAcknowledged,
     UnsubscribeAcknowledged,
 )
-from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt
+from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt, unwrap_single_error
 from edgebus.config import BridgeConfig
 from edgebus.protocol.enums import MQTT_5, RetainHandling
 from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription
@@ -153,7 +153,7 @@ class MqttSink:
         ``deliver`` ends the connection (the message stays unacknowledged) and leaves the context as is."""
         bridge = self.bridge
         ssl_context = self._ssl_context()
-        try:
+        with unwrap_single_error():
             async with trio.open_nursery() as nursery:
                 problems: list[str] = []
                 uplink: MqttUplink | None = None
@@ -199,11 +199,6 @@ class MqttSink:
                             await connection.closed.wait()
                     connection.abort("uplink closed")
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # One error from the body, the connect or a task, wrapped by the nursery: raise it as it was.
-            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-                raise group.exceptions[0] from None
-            raise
 
 
 class MqttUplink:

@@ -9,17 +9,15 @@ import trio
 from edgebus.transport.tcp import TcpStream
 
 
-class TlsStream(trio.abc.Stream):
-    """A server-side TLS connection. The handshake runs on the first read, under the broker's CONNECT
-    deadline. ``identity`` is the client certificate's Common Name when the listener takes the user name
-    from it ("" without a certificate), else None."""
+class _TlsOverTcp(trio.abc.Stream):
+    """TLS (trio.SSLStream) over the lean TcpStream, for either side. `force_close` closes the TCP socket
+    at once, without a close_notify: it serves for aborts and for ends whose MQTT close is written."""
 
-    __slots__ = ("_closed", "_ssl", "_transport", "_use_identity", "remote")
+    __slots__ = ("_closed", "_ssl", "_transport", "remote")
 
-    def __init__(self, transport: TcpStream, context: ssl.SSLContext, use_identity: bool = False) -> None:
+    def __init__(self, transport: TcpStream, ssl_stream: trio.SSLStream[TcpStream]) -> None:
         self._transport = transport
-        self._ssl = trio.SSLStream(transport, context, server_side=True)
-        self._use_identity = use_identity
+        self._ssl = ssl_stream
         self._closed = False
         self.remote = transport.remote
 
@@ -33,23 +31,34 @@ class TlsStream(trio.abc.Stream):
             raise trio.ClosedResourceError("stream closed")
         await self._ssl.send_all(data)
 
-    def send_nowait(self, data: bytes) -> int:
-        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        return 0
-
     async def wait_send_all_might_not_block(self) -> None:
         await self._ssl.wait_send_all_might_not_block()
 
     def force_close(self) -> None:
-        """Close without a close_notify: the broker only cuts connections it has finished with."""
         self._closed = True
         self._transport.force_close()
 
     async def aclose(self) -> None:
         self.force_close()
         await trio.lowlevel.checkpoint()
+
+
+class TlsStream(_TlsOverTcp):
+    """A server-side TLS connection. The handshake runs on the first read, under the broker's CONNECT
+    deadline. ``identity`` is the client certificate's Common Name when the listener takes the user name
+    from it ("" without a certificate), else None."""
+
+    __slots__ = ("_use_identity",)
+
+    def __init__(self, transport: TcpStream, context: ssl.SSLContext, use_identity: bool = False) -> None:
+        super().__init__(transport, trio.SSLStream(transport, context, server_side=True))
+        self._use_identity = use_identity
+
+    def send_nowait(self, data: bytes) -> int:
+        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        return 0
 
     @property
     def identity(self) -> str | None:
@@ -66,3 +75,20 @@ class TlsStream(trio.abc.Stream):
                 if key == "commonName" and isinstance(value, str):
                     return value
         return ""
+
+
+class TlsClientStream(_TlsOverTcp):
+    """The client side (the bridge's upstream connection): verifies ``server_hostname`` when the context
+    checks host names."""
+
+    __slots__ = ("handshake_done",)
+
+    def __init__(self, transport: TcpStream, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        super().__init__(transport, trio.SSLStream(transport, context, server_hostname=server_hostname))
+        self.handshake_done = False
+
+    async def do_handshake(self) -> None:
+        """Run the handshake now (else it runs on the first read or write): certificate and host name
+        problems surface here. trio.BrokenResourceError with the ssl.SSLError as its cause."""
+        await self._ssl.do_handshake()
+        self.handshake_done = True

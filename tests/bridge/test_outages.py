@@ -8,16 +8,15 @@ The bridge's promise (issue 6) stacked on MQTT's: a device's PUBACK means the me
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import paho.mqtt.client as paho_mqtt
 import pytest
@@ -34,10 +33,10 @@ from tests.bridge.mosquitto_upstream import Upstream, open_upstreams
 from tests.bridge.nats_upstream import NatsServer, open_nats_admin, running_nats_server
 from tests.clients import PEER
 from tests.conftest import StartBroker
+from tests.processes import start_edgebus_process
 
 pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's bridge")
 
-REPO = Path(__file__).resolve().parents[2]
 STREAM = "LOG"
 GATEWAY = "gw-test"
 #: Shorter than every outage below: de-duplication must come from resume(), not from the window.
@@ -316,25 +315,8 @@ def _gateway_config(path: Path, port: int, bridge_toml: str) -> Path:
     return config
 
 
-async def _start_gateway(config: Path, port: int, log_file: object) -> trio.Process:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'firmware-sim'}")
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "edgebus", "serve", "--config", str(config)],
-        env=env,
-        stdout=log_file,  # type: ignore[arg-type]
-        stderr=log_file,  # type: ignore[arg-type]
-    )
-    with trio.fail_after(20):
-        while True:
-            try:
-                probe = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(f"gateway exited with {process.returncode}") from None
-                await trio.sleep(0.05)
-                continue
-            await probe.aclose()
-            return process
+async def _start_gateway(config: Path, port: int, log_file: IO[bytes]) -> trio.Process:
+    return await start_edgebus_process(["--config", str(config)], port, log_file)
 
 
 async def _gateway_sigkill_cycles(tmp_path: Path, log: Log, bridge_toml: str) -> None:

@@ -9,12 +9,11 @@ QoS 2 receiver's packet-id memory until PUBREL [MQTT-4.3.3-10].
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
-import sys
 from pathlib import Path
+from typing import IO
 
 import pytest
 import trio
@@ -37,10 +36,10 @@ from edgebus.protocol import (
 )
 from edgebus.protocol.packets import Packet
 from tests.clients import PEER
+from tests.processes import start_edgebus_process
 
 pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's durable store")
 
-REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 20
 WINDOW = 5
 PERSISTENT = Properties(session_expiry_interval=3600)
@@ -168,34 +167,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _start(port: int, data_dir: Path, log: object) -> trio.Process:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "edgebus",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(data_dir),
-        ],
-        env=env,
-        stderr=log,  # type: ignore[arg-type]
-        stdout=log,  # type: ignore[arg-type]
+async def _start(port: int, data_dir: Path, log: IO[bytes]) -> trio.Process:
+    return await start_edgebus_process(
+        ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)], port, log
     )
-    with trio.fail_after(20):
-        while True:
-            try:
-                probe = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(f"broker exited with {process.returncode}") from None
-                await trio.sleep(0.05)
-                continue
-            await probe.aclose()
-            return process
 
 
 async def _run_session(
