@@ -396,7 +396,7 @@ class MqttUplink:
             self.connection.wake()
             pending = self._pending
             await self._wait_until(
-                lambda: not any(token in pending for token in tokens),
+                lambda: not pending,  # only this wait's tokens are pending (one wait at a time)
                 f"releasing {len(tokens)} packet ids",
             )
         log.info("bridge %s: resumed at %d (%d ids released)", bridge.name, checkpoint, len(tokens))
@@ -501,7 +501,8 @@ class MqttUplink:
         failures = self._failures
         try:
             await self._wait_until(
-                lambda: bool(failures) or not any(token in pending for token in tokens),
+                # One wait at a time: pending holds this slice's tokens only, so empty means done.
+                lambda: bool(failures) or not pending,
                 f"waiting for the acknowledgements of records {records[0].seq}..{last.seq}",
             )
         finally:
