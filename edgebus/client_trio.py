@@ -349,12 +349,15 @@ async def connect_mqtt(
 @contextmanager
 def unwrap_single_error() -> Iterator[None]:
     """A nursery wraps even a single error in an exception group: raise that one as it was, so callers
-    can catch ConnectError, SinkError ... directly."""
+    can catch ConnectError, SinkError ... directly. Errors all of one type (two tasks that saw the same
+    dead link) count as one: the first is raised."""
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
+        errors = group.exceptions
+        first = errors[0]
+        if not isinstance(first, BaseExceptionGroup) and all(type(e) is type(first) for e in errors):
+            raise first from None
         raise
 
 

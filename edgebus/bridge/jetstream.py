@@ -50,6 +50,7 @@ from edgebus.bridge.sink import (
     SinkError,
     Uplink,
 )
+from edgebus.client_trio import unwrap_single_error
 from edgebus.config import BridgeConfig, BridgeTopic
 
 __all__ = [
@@ -507,6 +508,9 @@ async def _cross(
     except CrossingTimeout:
         raise SinkError(f"JetStream {what}: no answer within {timeout:g} s") from None
     except Exception as error:
+        # Cancelled on the trio side while the asyncio side failed on its way out (nats-py turns its
+        # CancelledError into ConnectionClosedError on a closed connection): the cancellation wins.
+        await trio.lowlevel.checkpoint_if_cancelled()
         raise SinkError(f"JetStream {what} failed: {_describe(error)}") from error
 
 
@@ -604,21 +608,14 @@ class JetStreamSink:
         async with open_loop_thread(f"jetstream-{self.client_id}") as loop_thread:
             link = await self._connect_link(loop_thread)
             try:
-                async with trio.open_nursery() as nursery:
-                    if self._in_filters:
-                        nursery.start_soon(self._receive, loop_thread, link)
-                    try:
-                        yield _JetStreamUplink(self, loop_thread, link)
-                    finally:
-                        nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # One error, from the body or the receiver, wrapped by the nursery: raise it as it was.
-                if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-                    raise group.exceptions[0] from None
-                sink_errors = [error for error in group.exceptions if isinstance(error, SinkError)]
-                if len(sink_errors) == len(group.exceptions):
-                    raise sink_errors[0] from None  # the body's send and the receiver saw the same dead link
-                raise
+                with unwrap_single_error():  # the body's send and the receiver may see the same dead link
+                    async with trio.open_nursery() as nursery:
+                        if self._in_filters:
+                            nursery.start_soon(self._receive, loop_thread, link)
+                        try:
+                            yield _JetStreamUplink(self, loop_thread, link)
+                        finally:
+                            nursery.cancel_scope.cancel()
             finally:
                 await _close_link(loop_thread, link)
 

@@ -193,6 +193,7 @@ class MqttSink:
                     await uplink._subscribe_in_rules()
                     yield uplink
                 finally:
+                    uplink.closing = True
                     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                         if not connection.closed.is_set() and uplink.client.state is ClientState.CONNECTED:
                             connection.disconnect()
@@ -228,6 +229,7 @@ class MqttUplink:
         self._inbound_qos0 = 0
         self._inbound_ready = trio.Event()
         self.dropped_qos0 = 0
+        self.closing = False  # the runner is leaving: the connection's end is no failure
 
     @property
     def connection(self) -> MqttConnection:
@@ -321,13 +323,24 @@ class MqttUplink:
         filters = self.sink.topic_map.remote_filters()
         if not filters:
             return
+        v5 = self.client.protocol_level == MQTT_5
         # Retain handling 1: retained messages only for a subscription the (persistent) session does not
         # have yet, so a reconnect does not bring them in again (§3.8.3.1; 3.1.1 has no such option).
         subscriptions = [
-            Subscription(topic_filter, qos, retain_handling=RetainHandling.SEND_IF_NEW_SUBSCRIPTION)
+            # v5: No Local, so a "both" rule's own messages do not come back down [MQTT-3.8.3-3];
+            # Retain As Published, so a retained command stays retained here [MQTT-3.3.1-12].
+            Subscription(
+                topic_filter,
+                qos,
+                no_local=v5,
+                retain_as_published=v5,
+                retain_handling=RetainHandling.SEND_IF_NEW_SUBSCRIPTION,
+            )
             for topic_filter, qos in filters
         ]
-        answer = await self._request(self.client.subscribe(subscriptions), "subscribing to the in rules")
+        answer = await self._request(
+            lambda: self.client.subscribe(subscriptions), "subscribing to the in rules"
+        )
         assert isinstance(answer, SubscribeAcknowledged)
         codes = answer.suback.reason_codes
         refused = [
@@ -338,8 +351,16 @@ class MqttUplink:
         if refused:
             raise SinkError(f"upstream refused the in-rule subscriptions: {', '.join(refused)}")
 
-    async def _request(self, packet_id: int, what: str) -> SubscribeAcknowledged | UnsubscribeAcknowledged:
-        """Wake the writer for a SUBSCRIBE / UNSUBSCRIBE just queued and wait (ack_timeout) for its answer."""
+    async def _request(
+        self, queue_request: Callable[[], int], what: str
+    ) -> SubscribeAcknowledged | UnsubscribeAcknowledged:
+        """Queue a SUBSCRIBE / UNSUBSCRIBE (``queue_request`` returns its packet id), wake the writer and
+        wait (ack_timeout) for its answer. SinkError when the connection is gone, even just now."""
+        self._raise_if_closed(what)
+        try:
+            packet_id = queue_request()
+        except RuntimeError as exc:  # the client saw the connection end before we did
+            raise SinkError(f"upstream connection lost while {what}: {exc}") from None
         self.connection.wake()
         answers = self._answers
         await self._wait_until(lambda: packet_id in answers, what)
@@ -348,9 +369,17 @@ class MqttUplink:
     async def _deliver_inbound(self) -> None:
         """Hand inbound messages to deliver() in order, one at a time; acknowledge each only after
         deliver returned (it then is committed locally). A message not acknowledged when the connection
-        ends is sent again by the upstream on the next one [MQTT-4.4.0-1]."""
+        ends is sent again by the upstream on the next one [MQTT-4.4.0-1].
+
+        Also the link's watchdog: a connection that ends while the runner is idle (keep-alive timeout,
+        EOF) raises SinkError here, which cancels the runner's body: an idle bridge notices too."""
         deliver = self.sink.deliver
         connection = self.connection
+        await self._deliver_until_closed(deliver, connection)
+        if not self.closing:
+            raise SinkError(f"upstream connection lost ({connection.close_reason})")
+
+    async def _deliver_until_closed(self, deliver: Deliver, connection: MqttConnection) -> None:
         while not connection.closed.is_set():
             if not self._inbound:
                 self._inbound_ready = trio.Event()
@@ -387,11 +416,14 @@ class MqttUplink:
             )
         last_release = min(checkpoint, last_seq, first_seq + bridge.window - 1)
         tokens: list[object] = []
-        for seq in range(first_seq, last_release + 1):
-            token = ("release", seq)
-            self._pending[token] = None
-            tokens.append(token)
-            client.release(packet_id_of(seq), token)
+        try:
+            for seq in range(first_seq, last_release + 1):
+                token = ("release", seq)
+                self._pending[token] = None
+                tokens.append(token)
+                client.release(packet_id_of(seq), token)
+        except RuntimeError as exc:  # the connection ended while we were reading the checkpoint
+            raise SinkError(f"upstream connection lost while releasing packet ids: {exc}") from None
         if tokens:
             self.connection.wake()
             pending = self._pending
@@ -411,7 +443,7 @@ class MqttUplink:
             # Retain handling 0 (send retained messages on subscribe): the server sends the retained
             # checkpoint [MQTT-3.8.4-4] (5.0; [MQTT-3.3.1-6] in 3.1.1).
             answer = await self._request(
-                client.subscribe([Subscription(topic, 0)]), "reading the checkpoint (SUBACK)"
+                lambda: client.subscribe([Subscription(topic, 0)]), "reading the checkpoint (SUBACK)"
             )
             assert isinstance(answer, SubscribeAcknowledged)
             code = answer.suback.reason_codes[0]
@@ -419,7 +451,7 @@ class MqttUplink:
                 raise SinkError(f"upstream refused the checkpoint subscription {topic!r}: 0x{code:02X}")
             # The server handles our packets in order, so the retained message (sent for the SUBSCRIBE)
             # is on the wire before the UNSUBACK.
-            await self._request(client.unsubscribe([topic]), "reading the checkpoint (UNSUBACK)")
+            await self._request(lambda: client.unsubscribe([topic]), "reading the checkpoint (UNSUBACK)")
         finally:
             self._reading_checkpoint = False
         if not self._checkpoints:

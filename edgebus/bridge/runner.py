@@ -179,13 +179,19 @@ class Bridge:
                     failures = 0
                     await self._forward(uplink)
             except SinkError as exc:
-                self.last_error = str(exc)
-                log.warning("bridge %s: %s", self.name, exc)
-                if exc.rejected_seq is not None:
-                    self._rejected_seq = min(exc.rejected_seq, self._rejected_seq or exc.rejected_seq)
-            except Exception as exc:  # a bug in a sink must not take the broker down: log it, retry later
-                self.last_error = f"internal error: {exc!r}"
-                log.exception("bridge %s failed", self.name)
+                self._link_failed(exc)
+            except BaseExceptionGroup as group:
+                # The link died just as the bridge was cancelled (shutdown): the group holds Cancelled too,
+                # and the sleep below raises it again, since our scope stays cancelled.
+                _, others = group.split(trio.Cancelled)
+                link_errors, bugs = others.split(SinkError) if others is not None else (None, None)
+                if link_errors is not None:
+                    first = link_errors.exceptions[0]
+                    self._link_failed(first if isinstance(first, SinkError) else SinkError(str(first)))
+                if bugs is not None:
+                    self._internal_error(bugs)
+            except Exception as exc:
+                self._internal_error(exc)
             finally:
                 self.outbox.unsent()
                 self._waiting_commit = False
@@ -194,6 +200,17 @@ class Bridge:
             ceiling = min(config.backoff_max, config.backoff_initial * (2**failures))
             failures = min(failures + 1, 32)
             await trio.sleep(random.uniform(config.backoff_initial / 2, ceiling))
+
+    def _link_failed(self, exc: SinkError) -> None:
+        self.last_error = str(exc)
+        log.warning("bridge %s: %s", self.name, exc)
+        if exc.rejected_seq is not None:
+            self._rejected_seq = min(exc.rejected_seq, self._rejected_seq or exc.rejected_seq)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        """A bug in a sink must not take the broker down: log it, retry after the backoff."""
+        self.last_error = f"internal error: {exc!r}"
+        log.error("bridge %s failed", self.name, exc_info=exc)
 
     async def _resume(self, uplink: Uplink) -> None:
         outbox = self.outbox
