@@ -8,6 +8,7 @@ The bridge's promise (issue 6) stacked on MQTT's: a device's PUBACK means the me
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import socket
@@ -27,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
 from edgebus.bridge.rules import subject_to_topic
+from edgebus.bridge.runner import Bridge
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.audit import DeviceLoad, audit, wait_for_log
 from tests.bridge.mosquitto_upstream import Upstream, open_upstreams
@@ -236,28 +238,46 @@ async def _check(log: Log, load: DeviceLoad) -> None:
     assert load.acked_count >= 300, "too little load to mean anything"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_uplink_cut_by_proxy(
-    engine: str, start_broker: StartBroker, tmp_path: Path, nursery: trio.Nursery
-) -> None:
+async def _cycles(fault: Callable[[], Awaitable[None]]) -> None:
+    """CYCLES times: forward for a while, then the fault, then the outage it causes."""
+    for _ in range(CYCLES):
+        await trio.sleep(random.uniform(0.6, 1.2))  # up, forwarding
+        await fault()
+        await trio.sleep(OUTAGE_S)
+    await trio.sleep(0.5)
+
+
+async def _through_proxy(
+    engine: str,
+    start_broker: StartBroker,
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    fault: Callable[[ChaosProxy], None],
+) -> Bridge:
+    """The uplink through a ChaosProxy that ``fault`` breaks CYCLES times under load; audited."""
     async with open_log(engine, tmp_path) as log:
         proxy = ChaosProxy("127.0.0.1", log.server.port)
         port = await nursery.start(proxy.serve)
         broker = await start_broker(bridges=(log.bridge(port),))
         load = DeviceLoad()
 
-        async def cuts() -> None:
-            for _ in range(CYCLES):
-                await trio.sleep(random.uniform(0.6, 1.2))  # up, forwarding
-                proxy.flap(OUTAGE_S)  # cut mid-stream, down for longer than the duplicate window
-                await trio.sleep(OUTAGE_S)
-            await trio.sleep(0.5)
+        async def break_proxy() -> None:
+            fault(proxy)
 
-        await _run_load(broker.address, cuts, load)
+        await _run_load(broker.address, functools.partial(_cycles, break_proxy), load)
         await _check(log, load)
         assert broker.broker is not None
-        (bridge,) = broker.broker.bridges
-        assert bridge.connects >= CYCLES + 1
+        bridge: Bridge = broker.broker.bridges[0]
+        return bridge
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_uplink_cut_by_proxy(
+    engine: str, start_broker: StartBroker, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # Cut mid-stream, down for longer than the duplicate window.
+    bridge = await _through_proxy(engine, start_broker, tmp_path, nursery, lambda proxy: proxy.flap(OUTAGE_S))
+    assert bridge.connects >= CYCLES + 1
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -267,24 +287,8 @@ async def test_acknowledgements_lost(
     # The upstream stores the batch but its acks never come back (a half-dead uplink): the stuck window
     # is detected, the link dropped, and on reconnect the log's last id says the batch is in. The outage
     # outlasts JetStream's duplicate window, so only resume() stands between the resend and a duplicate.
-    async with open_log(engine, tmp_path) as log:
-        proxy = ChaosProxy("127.0.0.1", log.server.port)
-        port = await nursery.start(proxy.serve)
-        broker = await start_broker(bridges=(log.bridge(port),))
-        load = DeviceLoad()
-
-        async def mutes() -> None:
-            for _ in range(CYCLES):
-                await trio.sleep(random.uniform(0.6, 1.2))
-                proxy.mute(OUTAGE_S)
-                await trio.sleep(OUTAGE_S)
-            await trio.sleep(0.5)
-
-        await _run_load(broker.address, mutes, load)
-        await _check(log, load)
-        assert broker.broker is not None
-        (bridge,) = broker.broker.bridges
-        assert bridge.skipped > 0, "no batch was caught between storage and acknowledgement"
+    bridge = await _through_proxy(engine, start_broker, tmp_path, nursery, lambda proxy: proxy.mute(OUTAGE_S))
+    assert bridge.skipped > 0, "no batch was caught between storage and acknowledgement"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -293,13 +297,7 @@ async def test_upstream_killed_and_restarted(engine: str, start_broker: StartBro
         broker = await start_broker(bridges=(log.bridge(log.server.port),))
         load = DeviceLoad()
 
-        async def kills() -> None:
-            for _ in range(CYCLES):
-                await trio.sleep(random.uniform(0.6, 1.2))
-                await log.restart()
-            await trio.sleep(0.5)
-
-        await _run_load(broker.address, kills, load)
+        await _run_load(broker.address, functools.partial(_cycles, log.restart), load)
         await _check(log, load)
 
 
