@@ -652,8 +652,10 @@ class BridgeConfig:
     backoff_max: float = setting(30.0, NumberRange(0.01, 86400), "cap on the (doubling, jittered) delay")
     window: int = setting(1000, IntRange(1, 30000), "most messages in flight upstream at once")
     rate: float = setting(0.0, NumberRange(0, 1e9), "most messages per second forwarded; 0 = no limit")
-    max_messages: int = setting(1_000_000, IntRange(1, 100_000_000), "most messages the outbox holds")
-    max_bytes: int = setting(268_435_456, IntRange(1024, 2**50), "most payload bytes the outbox holds")
+    max_messages: int = setting(250_000, IntRange(1, 100_000_000), "most messages the outbox holds")
+    max_bytes: int = setting(
+        67_108_864, IntRange(1024, 2**50), "most bytes the outbox holds (in memory and on disk)"
+    )
     overflow: BridgeOverflow = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
         "refuse",
         OneOf(get_args(BridgeOverflow)),
