@@ -492,6 +492,7 @@ class MqttUplink:
             properties = NO_PROPERTIES
             if v5:
                 properties = Properties(
+                    message_expiry_interval=record.expiry_interval,
                     user_properties=((MESSAGE_ID_PROPERTY, record.message_id),),
                     content_type=record.content_type,
                 )

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from edgebus.store import Store
+from edgebus.store import OutboxRow, Store
 
 __all__ = ["Entry", "Outbox"]
 
@@ -30,6 +30,7 @@ class Entry:
     retain: bool
     content_type: str | None
     queued_at: float  # wall clock
+    expires_at: float | None  # wall clock; None: never [MQTT-3.3.2-5]
     batch: int  # the store batch that holds it (0: not stored); sent only once that batch is on disk
 
     @property
@@ -62,15 +63,13 @@ class Outbox:
         self.dropped = 0
         self.refused = 0
 
-    def restore(
-        self, rows: list[tuple[int, str, bytes, int, bool, str | None, float]], forwarded_seq: int
-    ) -> None:
+    def restore(self, rows: list[OutboxRow], forwarded_seq: int) -> None:
         """Load what the store held (rows in sequence order) at startup."""
         self.forwarded_seq = forwarded_seq
-        for seq, topic, payload, qos, retain, content_type, queued_at in rows:
+        for seq, topic, payload, qos, retain, content_type, queued_at, expires_at in rows:
             if seq <= forwarded_seq:
                 continue  # forwarded, its delete not yet applied when the store was read: gone
-            entry = Entry(seq, topic, payload, qos, retain, content_type, queued_at, 0)
+            entry = Entry(seq, topic, payload, qos, retain, content_type, queued_at, expires_at, 0)
             self.entries.append(entry)
             self.bytes += entry.size
         last = self.entries[-1].seq if self.entries else 0
@@ -87,6 +86,7 @@ class Outbox:
         retain: bool,
         content_type: str | None,
         now_wall: float,
+        expires_at: float | None = None,
     ) -> int | None:
         """Queue a message; returns the store batch it is written in (0 without a store), or None when
         the outbox is full and refuses it. Under drop-oldest the oldest entries not in flight make room."""
@@ -102,9 +102,18 @@ class Outbox:
         batch = 0
         if store is not None:
             batch = store.op(
-                "bridge_in", self.name, seq, topic, payload, qos, int(retain), content_type, now_wall
+                "bridge_in",
+                self.name,
+                seq,
+                topic,
+                payload,
+                qos,
+                int(retain),
+                content_type,
+                now_wall,
+                expires_at,
             )
-        entry = Entry(seq, topic, payload, qos, retain, content_type, now_wall, batch)
+        entry = Entry(seq, topic, payload, qos, retain, content_type, now_wall, expires_at, batch)
         self.entries.append(entry)
         self.bytes += entry.size
         return batch

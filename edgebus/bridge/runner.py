@@ -22,7 +22,8 @@ from edgebus.bridge.sink import BridgeIdentity, InboundMessage, Record, Sink, Si
 from edgebus.bridge.transform import JSON_CONTENT_TYPE, cbor_to_json, require_cbor, require_nats
 from edgebus.config import BridgeConfig
 from edgebus.message import Message
-from edgebus.store import Store
+from edgebus.store import OutboxRow, Store
+from edgebus.store.journal import wall_time
 from edgebus.topics import is_valid_topic_name
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Bridge:
         self.skipped = 0  # found already in the log on resume
         self.received = 0
         self.transform_failed = 0
+        self.expired = 0  # past their Message Expiry Interval before they could go up
         self.connects = 0
         self._wakeup = trio.Event()
         self._waiting_commit = False
@@ -91,9 +93,7 @@ class Bridge:
 
     # --- the broker's side (synchronous) -----------------------------------------------------------
 
-    def restore(
-        self, rows: list[tuple[int, str, bytes, int, bool, str | None, float]], cursor: int, epoch: str
-    ) -> None:
+    def restore(self, rows: list[OutboxRow], cursor: int, epoch: str) -> None:
         self.identity = BridgeIdentity(self.gateway_id, epoch)
         self.outbox.restore(rows, cursor)
         if rows:
@@ -116,7 +116,13 @@ class Bridge:
             else:
                 payload, content_type = converted, JSON_CONTENT_TYPE
         batch = self.outbox.append(
-            route.remote, payload, route.rule.qos, message.retain, content_type, time.time()
+            route.remote,
+            payload,
+            route.rule.qos,
+            message.retain,
+            content_type,
+            time.time(),
+            wall_time(message.expiry_deadline),
         )
         if batch is None:
             return None
@@ -142,6 +148,7 @@ class Bridge:
             prefix + "received": str(self.received),
             prefix + "connects": str(self.connects),
             prefix + "transform_failed": str(self.transform_failed),
+            prefix + "expired": str(self.expired),
             prefix + "oldest_age": f"{max(0.0, now_wall - oldest):.1f}" if oldest is not None else "0",
             prefix + "last_error": self.last_error or "none",
         }
@@ -262,12 +269,27 @@ class Bridge:
                 if next_allowed > now:
                     await trio.sleep_until(next_allowed)
                 next_allowed = max(now, next_allowed) + len(entries) / config.rate
+            now_wall = time.time()
             records = [
-                Record(e.seq, identity.message_id(e.seq), e.topic, e.payload, e.qos, e.retain, e.content_type)
+                Record(
+                    e.seq,
+                    identity.message_id(e.seq),
+                    e.topic,
+                    e.payload,
+                    e.qos,
+                    e.retain,
+                    e.content_type,
+                    None if e.expires_at is None else max(1, int(e.expires_at - now_wall + 0.999)),
+                )
                 for e in entries
+                # [MQTT-3.3.2-5]: a message whose expiry passed before onward delivery began is deleted.
+                if e.expires_at is None or e.expires_at > now_wall
             ]
-            await uplink.send(records)
-            self.forwarded += outbox.forwarded(entries[-1].seq)
+            expired = len(entries) - len(records)
+            self.expired += expired
+            if records:
+                await uplink.send(records)
+            self.forwarded += outbox.forwarded(entries[-1].seq) - expired
 
     async def deliver(self, inbound: InboundMessage) -> None:
         """An in rule's message: publish it locally and return once it is committed (the sink then

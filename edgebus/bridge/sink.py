@@ -64,6 +64,7 @@ class Record:
     qos: int  # the rule's QoS (MQTT upstream)
     retain: bool
     content_type: str | None  # "application/json" after the cbor-json transform
+    expiry_interval: int | None = None  # seconds left of the MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ log = logging.getLogger("edgebus.store")
 
 Durability = Literal["fsync", "os", "memory"]
 DB_NAME = "edgebus.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Operations, as tuples whose first item names them (see `_APPLY` for the SQL of each).
 Op = tuple[Any, ...]
@@ -114,8 +114,11 @@ CREATE TABLE bridge_cursor (
 INSERT OR IGNORE INTO meta VALUES ('epoch', lower(hex(randomblob(4))))
 """
 
+# Version 3: a bridged message's expiry (wall clock, NULL for never) [MQTT-3.3.2-5].
+_SCHEMA_V3 = "ALTER TABLE bridge_outbox ADD COLUMN expires_at REAL"
+
 #: Schema migrations: MIGRATIONS[n] takes a database from version n to n + 1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 _APPLY: dict[str, str] = {
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
@@ -133,7 +136,7 @@ _APPLY: dict[str, str] = {
     "unretain": "DELETE FROM retained WHERE topic = ?",
     "will": "INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "will_gone": "DELETE FROM wills WHERE client_id = ?",
-    "bridge_in": "INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "bridge_in": "INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "bridge_drop": "DELETE FROM bridge_outbox WHERE bridge = ? AND seq = ?",
 }
 # ("bridge_done", bridge, seq): everything up to seq is in the upstream log.
@@ -147,6 +150,10 @@ _SESSION_GONE = (
     "DELETE FROM inbound_qos2 WHERE client_id = ?",
     "DELETE FROM sessions WHERE client_id = ?",
 )
+
+
+#: A bridge outbox row: seq, topic, payload, qos, retain, content_type, queued_at, expires_at.
+OutboxRow = tuple[int, str, bytes, int, bool, str | None, float, float | None]
 
 
 @dataclass(slots=True)
@@ -182,11 +189,9 @@ class StoredState:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     retained: list[tuple[str, bytes, int, bytes | None, float | None]] = field(default_factory=list)
     wills: list[tuple[str, str, bytes, int, bool, bytes | None, int, float]] = field(default_factory=list)
-    # Per bridge: its outbox rows (seq, topic, payload, qos, retain, content_type, queued_at) in order,
-    # and the last sequence known to be forwarded.
-    bridge_outboxes: dict[str, list[tuple[int, str, bytes, int, bool, str | None, float]]] = field(
-        default_factory=dict
-    )
+    # Per bridge: its outbox rows (seq, topic, payload, qos, retain, content_type, queued_at, expires_at)
+    # in order, and the last sequence known to be forwarded.
+    bridge_outboxes: dict[str, list[OutboxRow]] = field(default_factory=dict)
     bridge_cursors: dict[str, int] = field(default_factory=dict)
     epoch: str = ""
     next_message_id: int = 1
@@ -438,11 +443,11 @@ class Store:
         state.wills = [
             (r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in db.execute("SELECT * FROM wills")
         ]
-        for bridge, seq, topic, payload, qos, retain, content_type, queued_at in db.execute(
+        for bridge, seq, topic, payload, qos, retain, content_type, queued_at, expires_at in db.execute(
             "SELECT * FROM bridge_outbox ORDER BY bridge, seq"
         ):
             state.bridge_outboxes.setdefault(bridge, []).append(
-                (seq, topic, payload, qos, bool(retain), content_type, queued_at)
+                (seq, topic, payload, qos, bool(retain), content_type, queued_at, expires_at)
             )
         state.bridge_cursors = dict(db.execute("SELECT * FROM bridge_cursor"))
         row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()

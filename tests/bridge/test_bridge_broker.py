@@ -516,6 +516,36 @@ async def test_catch_up_respects_the_rate(
     assert sum(sizes) == count
 
 
+async def test_messages_that_expire_in_the_outbox_are_not_forwarded(
+    start_broker: StartBroker,
+    start_upstream: UpstreamFactory,
+    paho: Callable[..., PahoClient],
+    nursery: trio.Nursery,
+) -> None:
+    """[MQTT-3.3.2-5]: a message whose Message Expiry Interval passed before onward delivery began is
+    deleted; one still alive goes up with the interval reduced by its wait [MQTT-3.3.2-6]."""
+    upstream = await start_upstream()
+    cloud = await cloud_log(paho, upstream.port)
+    proxy = ChaosProxy("127.0.0.1", upstream.port)
+    proxy_port = await nursery.start(proxy.serve)
+    proxy.flap(3600)  # the uplink is down
+    broker = await start_broker(bridges=(mqtt_bridge(proxy_port, (OUT_SENSORS,)),))
+    device = await client(paho, *broker.address, "device")
+    await device.publish("sensors/short", b"short", qos=1, properties={"message_expiry_interval": 1})
+    await device.publish("sensors/long", b"long", qos=1, properties={"message_expiry_interval": 60})
+    await device.publish("sensors/never", b"never", qos=1)
+    await trio.sleep(1.5)  # the first one expires in the outbox
+    proxy.down_until = trio.current_time()  # the uplink is back
+    received = await cloud.expect_messages(2)
+    assert [m.payload for m in received] == [b"long", b"never"]
+    long_lived = received[0].properties.message_expiry_interval
+    assert long_lived is not None and 1 <= long_lived <= 59  # its wait in the outbox was subtracted
+    assert received[1].properties.message_expiry_interval is None
+    await wait_until(lambda: sys_value(broker, "queued") == "0", "the outbox drained")
+    assert sys_value(broker, "expired") == "1"
+    assert sys_value(broker, "forwarded") == "2"
+
+
 # --- 6. cbor-json into JetStream --------------------------------------------------------------------------
 
 

@@ -1,0 +1,60 @@
+"""Schema migrations: a store written by an older edgebus opens in this one with its data intact."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from edgebus.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+
+
+def _old_store(directory: Path, version: int) -> Path:
+    """A database at schema ``version``, built by the migrations up to it (as that edgebus left it)."""
+    directory.mkdir()
+    path = directory / DB_NAME
+    db = sqlite3.connect(path)
+    for step in range(version):
+        for statement in MIGRATIONS[step].split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
+    db.commit()
+    db.close()
+    return path
+
+
+def test_a_version_1_store_gains_the_bridge_tables_and_an_epoch(tmp_path: Path) -> None:
+    path = _old_store(tmp_path / "data", 1)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO sessions VALUES ('dev-1', 5, 3600, NULL)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "data")
+    state = store.load()
+    try:
+        assert list(state.sessions) == ["dev-1"]
+        assert len(state.epoch) == 8 and int(state.epoch, 16) >= 0
+        assert state.bridge_outboxes == {} and state.bridge_cursors == {}
+    finally:
+        store.close(clean=True)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
+    db.close()
+
+
+def test_a_version_2_outbox_row_keeps_its_data_and_never_expires(tmp_path: Path) -> None:
+    path = _old_store(tmp_path / "data", 2)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO bridge_outbox VALUES ('cloud', 7, 'gw/t', x'01', 2, 0, NULL, 1.5)")
+    db.execute("INSERT INTO bridge_cursor VALUES ('cloud', 6)")
+    epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "data")
+    state = store.load()
+    store.close(clean=True)
+    assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None)]}
+    assert state.bridge_cursors == {"cloud": 6}
+    assert state.epoch == epoch  # the epoch survives: ids already upstream stay ours
