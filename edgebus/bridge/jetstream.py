@@ -47,6 +47,7 @@ from edgebus.bridge.sink import (
     Deliver,
     InboundMessage,
     Record,
+    SinkBase,
     SinkError,
     Uplink,
 )
@@ -514,7 +515,7 @@ async def _cross(
         raise SinkError(f"JetStream {what} failed: {_describe(error)}") from error
 
 
-class JetStreamSink:
+class JetStreamSink(SinkBase):
     """An upstream NATS JetStream stream (`edgebus.bridge.sink.Sink`)."""
 
     def __init__(
@@ -525,12 +526,8 @@ class JetStreamSink:
         deliver: Deliver,
         client_id: str,
     ) -> None:
-        self.bridge = bridge
-        self.identity = identity
-        self.topic_map = topic_map
-        self.client_id = client_id
+        super().__init__(bridge, identity, topic_map, deliver, client_id)
         self.consumer = consumer_name(client_id)
-        self._deliver = deliver
         self._in_filters: list[tuple[str, int]] = []
         for subject_filter, qos in topic_map.remote_filters():
             if all(subject_filter != known for known, _ in self._in_filters):
@@ -645,7 +642,7 @@ class JetStreamSink:
                         log.debug("bridge %r: no in rule for %r; dropped", self.bridge.name, fetched.subject)
                     else:
                         message = InboundMessage(fetched.subject, fetched.data, qos, fetched.retain)
-                        await self._deliver(message)
+                        await self.deliver(message)
                     delivered += 1
             except BaseException:
                 # Delivery failed or the link closes: ack what was delivered, hand the rest back at once.

@@ -42,6 +42,7 @@ from edgebus.bridge.sink import (
     Deliver,
     InboundMessage,
     Record,
+    SinkBase,
     SinkError,
 )
 from edgebus.client import (
@@ -95,7 +96,7 @@ def checkpoint_topic(bridge: BridgeConfig, client_id: str) -> str:
     return bridge.checkpoint_topic or f"edgebus/bridge/{client_id}/checkpoint"
 
 
-class MqttSink:
+class MqttSink(SinkBase):
     """An upstream MQTT broker (3.1.1 or 5.0, TCP or TLS); `connect` opens one `MqttUplink`."""
 
     def __init__(
@@ -106,11 +107,7 @@ class MqttSink:
         deliver: Deliver,
         client_id: str,
     ) -> None:
-        self.bridge = bridge
-        self.identity = identity
-        self.topic_map = topic_map
-        self.deliver = deliver
-        self.client_id = client_id
+        super().__init__(bridge, identity, topic_map, deliver, client_id)
         self.checkpoint_topic = checkpoint_topic(bridge, client_id)
 
     def _client_options(self) -> ClientOptions:

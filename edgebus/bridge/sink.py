@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from edgebus.bridge.rules import TopicMap
+    from edgebus.config import BridgeConfig
 
 __all__ = [
     "MESSAGE_ID_HEADER",
@@ -20,6 +24,7 @@ __all__ = [
     "InboundMessage",
     "Record",
     "Sink",
+    "SinkBase",
     "SinkError",
     "Uplink",
 ]
@@ -109,6 +114,25 @@ class Uplink(Protocol):
         """Forward ``records`` in order; return once the upstream acknowledged every one of them.
         Raises SinkError on a failure or after the bridge's ack_timeout."""
         ...
+
+
+class SinkBase:
+    """What every sink is made with (by `edgebus.bridge.sinks.make_sink`): the bridge's configuration, the
+    identity its message ids carry, its topic rules, where in-rule messages go, and the resolved client id."""
+
+    def __init__(
+        self,
+        bridge: BridgeConfig,
+        identity: BridgeIdentity,
+        topic_map: TopicMap,
+        deliver: Deliver,
+        client_id: str,
+    ) -> None:
+        self.bridge = bridge
+        self.identity = identity
+        self.topic_map = topic_map
+        self.deliver = deliver
+        self.client_id = client_id
 
 
 class Sink(Protocol):
