@@ -42,6 +42,7 @@ from edgebus.protocol import (
     Will,
     encode,
 )
+from tests.fuzzing import mutate
 
 VALID = [
     encode(packet, level)
@@ -72,21 +73,6 @@ class FailureLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "failed" in record.getMessage():
             self.failures.append(self.format(record))
-
-
-def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    buffer = bytearray(data)
-    for kind, position, value in edits:
-        if not buffer:
-            break
-        index = position % len(buffer)
-        if kind == 0:
-            buffer[index] = value
-        elif kind == 1:
-            buffer.insert(index, value)
-        else:
-            del buffer[index]
-    return bytes(buffer)
 
 
 packets = st.sampled_from(VALID)

@@ -33,6 +33,7 @@ from edgebus.protocol import (
 )
 from tests.clients import MQTT_3_1_1, MQTT_5, RawClient, Sub
 from tests.conftest import BrokerHandle, StartBroker, _start_edgebus
+from tests.fuzzing import mutate
 
 VALID_PACKETS = [
     encode(packet, level)
@@ -51,26 +52,11 @@ VALID_PACKETS = [
 ]
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    buffer = bytearray(data)
-    for kind, position, value in edits:
-        if not buffer:
-            break
-        index = position % len(buffer)
-        if kind == 0:
-            buffer[index] = value
-        elif kind == 1:
-            buffer.insert(index, value)
-        else:
-            del buffer[index]
-    return bytes(buffer)
-
-
 def _stream() -> st.SearchStrategy[bytes]:
     """A CONNECT (so later packets reach the connected state) followed by valid, mutated or random bytes."""
     packets = st.sampled_from(VALID_PACKETS)
     edits = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1 << 16), st.integers(0, 255)), max_size=4)
-    chunk = st.one_of(packets, st.builds(_mutate, packets, edits), st.binary(max_size=64))
+    chunk = st.one_of(packets, st.builds(mutate, packets, edits), st.binary(max_size=64))
     connects = st.sampled_from([VALID_PACKETS[0], VALID_PACKETS[len(VALID_PACKETS) // 2]])
     return st.builds(lambda first, rest: first + b"".join(rest), connects, st.lists(chunk, max_size=8))
 
