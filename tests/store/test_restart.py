@@ -18,6 +18,14 @@ pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's durable sto
 PERSISTENT = Properties(session_expiry_interval=3600)
 
 
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """The store directory the broker is restarted on."""
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
 async def _restart(start_broker: StartBroker, broker: object, data_dir: Path) -> tuple[str, int]:
     await broker.shutdown()  # type: ignore[attr-defined]
     again = await start_broker(data_dir=data_dir)
@@ -25,13 +33,11 @@ async def _restart(start_broker: StartBroker, broker: object, data_dir: Path) ->
 
 
 async def test_session_subscriptions_queue_and_retained_survive_a_restart(
-    start_broker: StartBroker, tmp_path: Path
+    start_broker: StartBroker, data_dir: Path
 ) -> None:
     # The durability contract (issue 3): an acknowledged QoS 1/2 message reaches a persistent
     # session after a restart; the session resumes [MQTT-3.2.2-2] with its subscriptions
     # [MQTT-3.1.2-5]; retained messages survive.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     sub = await RawClient.connect(broker.host, broker.port, MQTT_5)
     await sub.mqtt_connect("meter-sub", clean_start=False, properties=PERSISTENT)
@@ -76,12 +82,10 @@ async def test_session_subscriptions_queue_and_retained_survive_a_restart(
 
 
 async def test_unacknowledged_delivery_is_resent_with_dup_after_a_restart(
-    start_broker: StartBroker, tmp_path: Path
+    start_broker: StartBroker, data_dir: Path
 ) -> None:
     # [MQTT-4.4.0-1]: on reconnect with a resumed session, unacknowledged PUBLISH packets are
     # resent with DUP=1 and their original packet identifiers - across a broker restart too.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     sub = await RawClient.connect(broker.host, broker.port, 4)
     await sub.mqtt_connect("valve-3", clean_start=False)
@@ -108,12 +112,10 @@ async def test_unacknowledged_delivery_is_resent_with_dup_after_a_restart(
 
 
 async def test_qos2_inbound_is_exactly_once_across_a_restart(
-    start_broker: StartBroker, tmp_path: Path
+    start_broker: StartBroker, data_dir: Path
 ) -> None:
     # [MQTT-4.3.3-10]: until PUBREL, a resent PUBLISH with the same packet id is not delivered
     # again - the broker remembers the id across a restart.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     sub = await RawClient.connect(broker.host, broker.port, MQTT_5)
     await sub.mqtt_connect("alarm-sink", clean_start=False, properties=PERSISTENT)
@@ -147,12 +149,10 @@ async def test_qos2_inbound_is_exactly_once_across_a_restart(
 
 
 async def test_qos2_outbound_resends_pubrel_not_publish_after_a_restart(
-    start_broker: StartBroker, tmp_path: Path
+    start_broker: StartBroker, data_dir: Path
 ) -> None:
     # [MQTT-4.4.0-1]: a PUBLISH already PUBREC'd is continued with PUBREL after reconnect, never
     # resent (the client would take it for a new message).
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     sub = await RawClient.connect(broker.host, broker.port, MQTT_5)
     await sub.mqtt_connect("sink", clean_start=False, properties=PERSISTENT)
@@ -178,11 +178,9 @@ async def test_qos2_outbound_resends_pubrel_not_publish_after_a_restart(
     await sub.aclose()
 
 
-async def test_delayed_will_survives_a_restart(start_broker: StartBroker, tmp_path: Path) -> None:
+async def test_delayed_will_survives_a_restart(start_broker: StartBroker, data_dir: Path) -> None:
     # §3.1.3.2.2 Will Delay Interval: the will is published when the delay ends, even if the broker
     # restarted in between.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     device = await RawClient.connect(broker.host, broker.port, MQTT_5)
     will = Will("devices/d1/status", b"offline", 1, True, Properties(will_delay_interval=2))
@@ -204,10 +202,8 @@ async def test_delayed_will_survives_a_restart(start_broker: StartBroker, tmp_pa
 
 
 @pytest.mark.parametrize("durability", ["os", "memory"])
-async def test_other_durability_settings(start_broker: StartBroker, tmp_path: Path, durability: str) -> None:
+async def test_other_durability_settings(start_broker: StartBroker, data_dir: Path, durability: str) -> None:
     # "os": stored without fsync, survives a broker restart; "memory": nothing stored at all.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir, storage={"durability": durability})
     pub = await RawClient.connect(broker.host, broker.port, MQTT_5)
     await pub.mqtt_connect("p")
@@ -228,11 +224,9 @@ async def test_other_durability_settings(start_broker: StartBroker, tmp_path: Pa
     await reader.aclose()
 
 
-async def test_retained_will_survives_a_restart(start_broker: StartBroker, tmp_path: Path) -> None:
+async def test_retained_will_survives_a_restart(start_broker: StartBroker, data_dir: Path) -> None:
     # A will published with RETAIN [MQTT-3.1.2-17] becomes a retained message like any other, and
     # retained messages survive a restart.
-    data_dir = tmp_path / "store"
-    data_dir.mkdir()
     broker = await start_broker(data_dir=data_dir)
     device = await RawClient.connect(broker.host, broker.port, 4)
     await device.mqtt_connect("door-1", will=Will("doors/1/status", b"offline", 1, True))
