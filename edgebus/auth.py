@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgebus.topics import (
+from edgebus.core.topics import (
     LEVEL_SEPARATOR,
     MULTI_LEVEL_WILDCARD,
     SINGLE_LEVEL_WILDCARD,

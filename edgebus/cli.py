@@ -165,7 +165,7 @@ async def serve(config: Config) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully (v5 clients are sent
     DISCONNECT 0x8B Server shutting down). SIGHUP re-reads the password and ACL files, keeping every
     connection open."""
-    from edgebus.broker import Broker
+    from edgebus.server.broker import Broker
 
     broker = Broker(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -1,4 +1,4 @@
-"""A trio driver for the sans-IO MQTT client (edgebus.client): a TCP or TLS connection, reader and writer."""
+"""A trio driver for the sans-IO MQTT client (edgebus.core.client): TCP or TLS, a reader and a writer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import trio
 
-from edgebus.client import (
+from edgebus.core.client import (
     ClientState,
     Connected,
     ConnectionRefused,

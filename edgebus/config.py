@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, get_args
 
-from edgebus.topics import is_valid_topic_filter
+from edgebus.core.topics import is_valid_topic_filter
 
 __all__ = [
     "Boolean",

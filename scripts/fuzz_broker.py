@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgebus.broker import Broker
 from edgebus.config import Config, ListenAddress, MqttConfig, QueueConfig, ServerConfig, StorageConfig
 from edgebus.protocol import (
     Connect,
@@ -42,6 +41,7 @@ from edgebus.protocol import (
     Will,
     encode,
 )
+from edgebus.server.broker import Broker
 from tests.fuzzing import mutate
 
 VALID = [

@@ -69,7 +69,7 @@ class BrokerHandle:
     host: str
     port: int
     peer: str
-    broker: Any | None  # the edgebus.broker.Broker on the edgebus peer
+    broker: Any | None  # the edgebus.server.broker.Broker on the edgebus peer
     data_dir: Path
     _stop: Callable[[], Awaitable[None]] = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
@@ -185,7 +185,6 @@ async def _start_edgebus(
     listeners: list[dict[str, Any]] | None = None,
     bridges: tuple[Any, ...] = (),
 ) -> BrokerHandle:
-    from edgebus.broker import Broker
     from edgebus.config import (
         Config,
         LimitsConfig,
@@ -199,6 +198,7 @@ async def _start_edgebus(
         SysConfig,
         parse_listen_address,
     )
+    from edgebus.server.broker import Broker
 
     config = Config(
         server=ServerConfig(

@@ -45,7 +45,9 @@ from edgebus.bridge.sink import (
     SinkBase,
     SinkError,
 )
-from edgebus.client import (
+from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt, unwrap_single_error
+from edgebus.config import BridgeConfig
+from edgebus.core.client import (
     ClientOptions,
     ClientState,
     Connected,
@@ -56,8 +58,6 @@ from edgebus.client import (
     SubscribeAcknowledged,
     UnsubscribeAcknowledged,
 )
-from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt, unwrap_single_error
-from edgebus.config import BridgeConfig
 from edgebus.protocol.enums import MQTT_5, RetainHandling
 from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription
 

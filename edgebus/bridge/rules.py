@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from edgebus.config import BridgeConfig, BridgeTopic
-from edgebus.topics import topic_matches
+from edgebus.core.topics import topic_matches
 
 __all__ = ["OutRoute", "TopicMap", "subject_to_topic", "topic_to_subject"]
 

@@ -21,10 +21,10 @@ from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import BridgeIdentity, InboundMessage, Record, Sink, SinkError, Uplink
 from edgebus.bridge.transform import JSON_CONTENT_TYPE, cbor_to_json, require_cbor, require_nats
 from edgebus.config import BridgeConfig
-from edgebus.message import Message
+from edgebus.core.message import Message
+from edgebus.core.topics import is_valid_topic_name
 from edgebus.store import OutboxRow, Store
 from edgebus.store.journal import wall_time
-from edgebus.topics import is_valid_topic_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

@@ -6,12 +6,12 @@ import time
 
 import trio
 
-from edgebus.message import Message
-from edgebus.outbox import Delivery
+from edgebus.core.message import Message
+from edgebus.core.outbox import Delivery
+from edgebus.core.session import Session
 from edgebus.protocol.enums import PacketType
 from edgebus.protocol.packets import NO_PROPERTIES, Properties
 from edgebus.protocol.properties import encode_properties
-from edgebus.session import Session
 from edgebus.store import Store
 
 
@@ -27,7 +27,7 @@ def property_block(props: Properties) -> bytes | None:
 
 
 class StoreJournal:
-    """Implements `edgebus.session.Journal` (and what the broker records) on a `Store`."""
+    """Implements `edgebus.core.session.Journal` (and what the broker records) on a `Store`."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

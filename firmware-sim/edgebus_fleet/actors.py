@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from edgebus.client import (
+from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt
+from edgebus.core.client import (
     ClientOptions,
     Event,
     MessageReceived,
     MqttClient,
     PublishAcknowledged,
 )
-from edgebus.client_trio import ConnectError, MqttConnection, connect_mqtt
 from edgebus.protocol import Subscription, Will
 from edgebus.protocol.enums import MQTT_5
 from edgebus_fleet.audit import Stream, WillLedger

@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from edgebus.client import ClientOptions, Event, MessageReceived, MqttClient
 from edgebus.client_trio import ConnectError, connect_mqtt
+from edgebus.core.client import ClientOptions, Event, MessageReceived, MqttClient
 from edgebus.protocol import Subscription
 from edgebus.protocol.enums import MQTT_5
 from edgebus_fleet.actors import Backend, Device, PublishedStream

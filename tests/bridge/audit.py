@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from edgebus.client import ClientOptions, MqttClient, PublishAcknowledged
-from edgebus.client import Event as ClientEvent
 from edgebus.client_trio import ConnectError, connect_mqtt
+from edgebus.core.client import ClientOptions, MqttClient, PublishAcknowledged
+from edgebus.core.client import Event as ClientEvent
 from edgebus.protocol.enums import MQTT_3_1_1
 
 TOPICS = ("sensors/a", "sensors/b/x", "sensors/c")

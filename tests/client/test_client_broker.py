@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from edgebus.client import ClientOptions, MessageReceived, MqttClient
 from edgebus.client_trio import ConnectError, open_mqtt_connection
+from edgebus.core.client import ClientOptions, MessageReceived, MqttClient
 from edgebus.protocol import MQTT_3_1_1, MQTT_5, Subscription
 from tests.conftest import BrokerHandle
 

@@ -1,5 +1,5 @@
-"""Subscription trie, shared groups and retained index (edgebus.router), checked against §4.7, §4.8.2 and the
-reference matcher edgebus.topics.topic_matches."""
+"""Subscription trie, shared groups and retained index (edgebus.core.router), checked against §4.7, §4.8.2
+and the reference matcher edgebus.core.topics.topic_matches."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgebus.router import RetainedIndex, Router, SharedGroup
-from edgebus.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared, topic_matches
+from edgebus.core.router import RetainedIndex, Router, SharedGroup
+from edgebus.core.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared, topic_matches
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Topic name / filter validation, $share parsing and the reference matcher (edgebus.topics); §4.7, §4.8.2."""
+"""Topic name / filter validation, $share parsing, reference matcher (edgebus.core.topics): §4.7, §4.8.2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebus.topics import (
+from edgebus.core.topics import (
     MAX_TOPIC_BYTES,
     is_valid_topic_filter,
     is_valid_topic_name,
@@ -285,16 +285,16 @@ def test_exact_filter_needs_equal_level_count() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Architecture convention 1: topics.py and router.py are pure
+# Architecture convention 1: core/topics.py and core/router.py are pure, and lean
 
 _PURE_MODULES = ("topics.py", "router.py")
-_ALLOWED_EDGEBUS_IMPORTS = {"edgebus.topics", "edgebus.protocol.enums"}
+_ALLOWED_EDGEBUS_IMPORTS = {"edgebus.core.topics", "edgebus.protocol.enums"}
 _FORBIDDEN_ROOTS = {"trio", "socket", "sqlite3", "time", "logging", "asyncio", "threading", "os", "select"}
 
 
 @pytest.mark.parametrize("module_file", _PURE_MODULES)
 def test_pure_modules_import_no_io(module_file: str) -> None:
-    source_path = Path(__file__).resolve().parents[2] / "edgebus" / module_file
+    source_path = Path(__file__).resolve().parents[2] / "edgebus" / "core" / module_file
     tree = ast.parse(source_path.read_text(encoding="utf-8"))
     imported: set[str] = set()
     for node in ast.walk(tree):

@@ -28,7 +28,7 @@ from edgebus.auth import (
     set_password,
     verify_password,
 )
-from edgebus.limits import RateQuota
+from edgebus.core.limits import RateQuota
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from edgebus.message import Message
-from edgebus.outbox import Delivery, Outbox
+from edgebus.core.message import Message
+from edgebus.core.outbox import Delivery, Outbox
+from edgebus.core.server import (
+    Connection,
+    ConnectionLimits,
+    ConnectReceived,
+    DisconnectReceived,
+    Event,
+    MessageReceived,
+    ProtocolViolation,
+)
+from edgebus.core.session import Session
+from edgebus.core.stats import Stats
 from edgebus.protocol import (
     MQTT_5,
     Connect,
@@ -21,17 +32,6 @@ from edgebus.protocol import (
     encode,
 )
 from edgebus.protocol.packets import Packet
-from edgebus.session import (
-    Connection,
-    ConnectionLimits,
-    ConnectReceived,
-    DisconnectReceived,
-    Event,
-    MessageReceived,
-    ProtocolViolation,
-    Session,
-)
-from edgebus.stats import Stats
 
 
 class Peer:

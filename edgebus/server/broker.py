@@ -28,10 +28,25 @@ from edgebus.auth import (
 )
 from edgebus.bridge.runner import NOT_ROUTED, Bridge
 from edgebus.config import Config
-from edgebus.flows import FlowState
-from edgebus.limits import RateQuota
-from edgebus.message import Message, forwarded_properties
-from edgebus.outbox import Delivery, Outbox
+from edgebus.core.flows import FlowState
+from edgebus.core.limits import RateQuota
+from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.outbox import Delivery, Outbox
+from edgebus.core.router import RetainedIndex, Router, SharedGroup
+from edgebus.core.server import (
+    Connection,
+    ConnectionLimits,
+    ConnectionState,
+    ConnectReceived,
+    DisconnectReceived,
+    MessageReceived,
+    ProtocolViolation,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
+from edgebus.core.session import SESSION_NEVER_EXPIRES, Inflight, Session, SubscriptionOptions
+from edgebus.core.stats import Stats
+from edgebus.core.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
 from edgebus.protocol.encoder import encode
 from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, PacketType, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError
@@ -47,30 +62,12 @@ from edgebus.protocol.packets import (
     Will,
 )
 from edgebus.protocol.properties import read_properties
-from edgebus.router import RetainedIndex, Router, SharedGroup
-from edgebus.session import (
-    SESSION_NEVER_EXPIRES,
-    Connection,
-    ConnectionLimits,
-    ConnectionState,
-    ConnectReceived,
-    DisconnectReceived,
-    Inflight,
-    MessageReceived,
-    ProtocolViolation,
-    Session,
-    SubscribeReceived,
-    SubscriptionOptions,
-    UnsubscribeReceived,
-)
-from edgebus.stats import Stats
 from edgebus.store import Store, StoredSession, StoredState
 from edgebus.store.journal import StoreJournal, property_block, wall_time
-from edgebus.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
 from edgebus.transport.listener import ClientStream, Listener, peer_identity
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
-log = logging.getLogger("edgebus.broker")
+log = logging.getLogger("edgebus.server.broker")
 
 #: Bytes asked of one read. Small on purpose: a read's packets are routed before anything else
 #: runs, so with 4 publishers reading 64 KiB each a round ingested ~3,000 messages while a

@@ -6,8 +6,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from edgebus.message import Message
-from edgebus.stats import Stats
+from edgebus.core.message import Message
+from edgebus.core.stats import Stats
 
 OverflowPolicy = Literal["drop-oldest", "drop-newest", "refuse"]
 

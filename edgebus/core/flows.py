@@ -1,6 +1,6 @@
 """What both roles share of the QoS 1/2 flows: the sender's states and packet-id allocation.
 
-The broker's session (edgebus.session) and the client (edgebus.client) each drive these flows
+The broker's session (edgebus.core.session) and the client (edgebus.core.client) each drive these flows
 from their own side; the states and the allocation rule are one definition (§2.2.1, §4.3)."""
 
 from __future__ import annotations

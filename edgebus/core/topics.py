@@ -113,7 +113,7 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     """The reference matcher: True if the plain (non-$share) `topic_filter` matches the Topic Name `topic`.
 
     Matching is exact and case sensitive, with no normalisation [MQTT-4.7.3-4] (3.1.1). Routing uses the trie
-    in edgebus.router; this function is the specification it is tested against.
+    in edgebus.core.router; this function is the specification it is tested against.
     """
     filter_levels = topic_filter.split(LEVEL_SEPARATOR)
     if topic.startswith("$") and filter_levels[0] in (SINGLE_LEVEL_WILDCARD, MULTI_LEVEL_WILDCARD):

@@ -1,8 +1,8 @@
-"""Sans-IO per-client MQTT state: the session that outlives connections, and the connection's
-protocol machine (packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases, keep-alive).
+"""The server-role connection machine (sans-IO): one network connection from CONNECT to close.
 
-Bytes and a clock go in; events for the broker and bytes to write come out. Nothing here awaits,
-and nothing imports trio, sockets or the store (a test walks the imports).
+Bytes and a clock go in; events for the broker and bytes to write come out: packet ids, QoS 1/2
+flows both ways, receive maximum, topic aliases, keep-alive. Nothing here awaits, and nothing
+imports trio, sockets or the store (a test walks the imports).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from edgebus.flows import FlowState, allocate_packet_id
-from edgebus.message import Message, forwarded_properties
-from edgebus.outbox import Delivery, Outbox
+from edgebus.core.flows import FlowState
+from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.session import Inflight, Session
+from edgebus.core.stats import Stats
 from edgebus.protocol.decoder import PacketDecoder
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ReasonCode, RetainHandling
+from edgebus.protocol.enums import MQTT_5, ReasonCode
 from edgebus.protocol.errors import ProtocolError, protocol_violation
 from edgebus.protocol.packets import (
     Auth,
@@ -36,95 +36,6 @@ from edgebus.protocol.packets import (
     Subscribe,
     Unsubscribe,
 )
-from edgebus.stats import Stats
-
-#: Session Expiry Interval meaning "never expires" (§3.1.2.11.2).
-SESSION_NEVER_EXPIRES = 0xFFFFFFFF
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionOptions:
-    """What the broker keeps of one subscription (§3.8.3.1)."""
-
-    qos: int
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: RetainHandling = RetainHandling.SEND_ON_SUBSCRIBE
-    subscription_id: int | None = None
-
-
-class Inflight:
-    __slots__ = ("delivery", "state")
-
-    def __init__(self, delivery: Delivery, state: FlowState) -> None:
-        self.delivery = delivery
-        self.state = state
-
-
-class Journal(Protocol):
-    """Where a persistent session records its progress (the durable store implements it).
-
-    Each method only queues a change and returns the number of the commit that will hold it
-    (0: nothing to wait for); a reply that must not outrun the disk waits for that commit."""
-
-    def delivery_sent(self, session: Session, delivery: Delivery, packet_id: int) -> int: ...
-    def delivery_pubrec(self, session: Session, delivery: Delivery, packet_id: int) -> int: ...
-    def delivery_finished(self, session: Session, delivery: Delivery) -> None: ...
-    def inbound_received(self, session: Session, packet_id: int) -> int: ...
-    def inbound_released(self, session: Session, packet_id: int) -> int: ...
-
-
-class Session:
-    """The server-side session of one client id (§4.1): it outlives connections unless it expires.
-
-    Holds the subscriptions, the queue of deliveries not yet sent, the outbound deliveries awaiting
-    acknowledgement, and the inbound QoS 2 packet ids awaiting PUBREL.
-    """
-
-    __slots__ = (
-        "_next_packet_id",
-        "client_id",
-        "connection",
-        "expiry_interval",
-        "inbound_qos2",
-        "inflight",
-        "journal",
-        "outbox",
-        "subscriptions",
-    )
-
-    def __init__(self, client_id: str, outbox: Outbox, expiry_interval: int = 0) -> None:
-        self.client_id = client_id
-        self.outbox = outbox
-        self.expiry_interval = expiry_interval
-        self.subscriptions: dict[str, SubscriptionOptions] = {}
-        # Outbound QoS 1/2 deliveries by packet id, in the order they were first sent, which is
-        # the order they are resent in after a reconnect [MQTT-4.4.0-1].
-        self.inflight: dict[int, Inflight] = {}
-        # Inbound QoS 2 packet ids PUBREC'd and awaiting PUBREL: a PUBLISH reusing one is a
-        # duplicate and is not delivered again [MQTT-4.3.3-10].
-        self.inbound_qos2: set[int] = set()
-        self.connection: Connection | None = None
-        # Set for a session that outlives its connection and a broker restart (durable store).
-        self.journal: Journal | None = None
-        self._next_packet_id = 1
-
-    def allocate_packet_id(self) -> int:
-        """A packet id not in use by an outbound flow [MQTT-2.2.1-3]."""
-        pid, self._next_packet_id = allocate_packet_id(self._next_packet_id, self.inflight.__contains__)
-        return pid
-
-    def take_shared_deliveries(self) -> list[Delivery]:
-        """Remove and return the shared-subscription deliveries this session has not yet received
-        (queued, or sent and not acknowledged, but not those past PUBREC, which the client has)."""
-        taken = self.outbox.remove_if(lambda d: d.share_group is not None)
-        for pid in [
-            pid
-            for pid, flight in self.inflight.items()
-            if flight.delivery.share_group is not None and flight.state is not FlowState.AWAIT_PUBCOMP
-        ]:
-            taken.append(self.inflight.pop(pid).delivery)
-        return taken
 
 
 class ConnectionState(enum.Enum):

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from edgebus.topics import (
+from edgebus.core.topics import (
     LEVEL_SEPARATOR,
     MULTI_LEVEL_WILDCARD,
     SINGLE_LEVEL_WILDCARD,

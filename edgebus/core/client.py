@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from edgebus.flows import FlowState, allocate_packet_id
+from edgebus.core.flows import FlowState, allocate_packet_id
 from edgebus.protocol.decoder import MAX_PACKET_SIZE, PacketDecoder
 from edgebus.protocol.encoder import encode, encode_publish
 from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, ReasonCode
