@@ -28,9 +28,18 @@ from edgebus.auth import (
 )
 from edgebus.bridge.runner import NOT_ROUTED, Bridge
 from edgebus.config import Config
+from edgebus.core.connect import (
+    ConnectRefused,
+    ServerFeatures,
+    answer_violation,
+    decide_connect,
+    refusal,
+    will_delay,
+    will_message,
+)
 from edgebus.core.flows import FlowState
 from edgebus.core.limits import RateQuota
-from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.message import Message
 from edgebus.core.outbox import Delivery, Outbox
 from edgebus.core.router import RetainedIndex, Router, SharedGroup
 from edgebus.core.server import (
@@ -46,12 +55,10 @@ from edgebus.core.server import (
 )
 from edgebus.core.session import SESSION_NEVER_EXPIRES, Inflight, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
-from edgebus.core.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
-from edgebus.protocol.encoder import encode
+from edgebus.core.subscribe import plan_subscribe, sends_retained
 from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, PacketType, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import (
-    ConnAck,
     Connect,
     Disconnect,
     Properties,
@@ -172,6 +179,13 @@ class Broker:
             topic_alias_maximum=mqtt.topic_alias_maximum,
             max_qos=mqtt.max_qos,
             retain_available=mqtt.retain_available,
+        )
+        self.features = ServerFeatures(
+            max_keep_alive=mqtt.max_keep_alive,
+            max_session_expiry_interval=mqtt.max_session_expiry_interval,
+            wildcard_subscriptions=mqtt.wildcard_subscriptions,
+            subscription_identifiers=mqtt.subscription_identifiers,
+            shared_subscriptions=mqtt.shared_subscriptions,
         )
         self.stats = Stats()
         durability = config.storage.durability
@@ -512,18 +526,9 @@ class Broker:
             error.message,
             error.reason_code,
         )
-        if error.reason_code is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and conn.session is None:
-            # [MQTT-3.1.2-2]: answer CONNACK 0x01 (3.1.1) and close; a v5-or-later level gets 0x84.
-            level = conn.decoder.protocol_level or 4
-            if level >= MQTT_5:
-                conn.reject(encode(ConnAck(False, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION), MQTT_5))
-            else:
-                conn.reject(encode(ConnAck(False, ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION), 4))
-            self._close(client)
-            return
-        if conn.session is None and conn.decoder.protocol_level == MQTT_5:
-            # A bad packet before the CONNACK: a v5 client is told why in a CONNACK [MQTT-4.13.1-1].
-            conn.reject(encode(ConnAck(False, error.reason_code), MQTT_5))
+        refused = answer_violation(error, conn.session is not None, conn.decoder.protocol_level)
+        if refused is not None and refused.connack is not None:
+            conn.reject(refused.connack)
             self._close(client)
             return
         self._close(client, error.reason_code, error.message)
@@ -535,37 +540,14 @@ class Broker:
             self._admit(client, connect)  # comes back here once the client is authenticated
             return
         conn = client.conn
+        decision = decide_connect(connect, self.features, _new_client_id)
+        if isinstance(decision, ConnectRefused):
+            if decision.connack is not None:
+                conn.reject(decision.connack)
+            self._close(client)
+            return
+        client_id = decision.client_id
         level = connect.protocol_level
-        props = connect.properties
-        cfg = self.config.mqtt
-        v5 = level == MQTT_5
-        if v5 and props.authentication_method is not None:
-            # No enhanced authentication method is configured [MQTT-4.12.0-1]: 0x8C.
-            conn.reject(encode(ConnAck(False, ReasonCode.BAD_AUTHENTICATION_METHOD), level))
-            self._close(client)
-            return
-        will = connect.will
-        if will is not None and not is_valid_topic_name(will.topic):
-            # Wildcards (or nothing) in the Will Topic: not a Topic Name [MQTT-4.7.1-1], [MQTT-4.7.3-1].
-            if v5:
-                conn.reject(encode(ConnAck(False, ReasonCode.TOPIC_NAME_INVALID), level))
-            self._close(client)
-            return
-        client_id = connect.client_id
-        assigned: str | None = None
-        if not client_id:
-            if not v5 and not connect.clean_start:
-                # [MQTT-3.1.3-8]: a zero-length id needs Clean Session 1 on 3.1.1; else 0x02.
-                conn.reject(encode(ConnAck(False, ConnectReturnCode.IDENTIFIER_REJECTED), level))
-                self._close(client)
-                return
-            client_id = "edgebus-" + secrets.token_hex(8)  # [MQTT-3.1.3-6]
-            if v5:
-                assigned = client_id  # [MQTT-3.2.2-16]
-        if v5:
-            expiry = min(props.session_expiry_interval or 0, cfg.max_session_expiry_interval)
-        else:
-            expiry = 0 if connect.clean_start else SESSION_NEVER_EXPIRES
         now = trio.current_time()
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
@@ -588,31 +570,10 @@ class Broker:
         session_present = session is not None  # [MQTT-3.2.2-2], [MQTT-3.2.2-3]
         if session is None:
             session = self._new_session(client_id)
-        session.expiry_interval = expiry
+        session.expiry_interval = decision.session_expiry_interval
         self._journal_session(session, level)
-        keep_alive = connect.keep_alive
-        server_keep_alive: int | None = None
-        if v5 and keep_alive > cfg.max_keep_alive:
-            keep_alive = server_keep_alive = cfg.max_keep_alive  # [MQTT-3.2.2-21]
-        conn.keep_alive = keep_alive
-        if v5:
-            connack_props = Properties(
-                session_expiry_interval=expiry if expiry != (props.session_expiry_interval or 0) else None,
-                assigned_client_identifier=assigned,
-                server_keep_alive=server_keep_alive,
-                receive_maximum=cfg.receive_maximum if cfg.receive_maximum != 65535 else None,
-                maximum_qos=cfg.max_qos if cfg.max_qos < 2 else None,
-                retain_available=None if cfg.retain_available else 0,
-                maximum_packet_size=cfg.max_packet_size if cfg.max_packet_size < 268_435_460 else None,
-                topic_alias_maximum=cfg.topic_alias_maximum or None,
-                wildcard_subscription_available=None if cfg.wildcard_subscriptions else 0,
-                subscription_identifier_available=None if cfg.subscription_identifiers else 0,
-                shared_subscription_available=None if cfg.shared_subscriptions else 0,
-            )
-            connack = ConnAck(session_present, ReasonCode.SUCCESS, connack_props)
-        else:
-            connack = ConnAck(session_present, ConnectReturnCode.ACCEPTED)
-        conn.accept(session, encode(connack, level), connect)
+        conn.keep_alive = decision.keep_alive
+        conn.accept(session, decision.connack(session_present, level, self.limits, self.features), connect)
         client.will = connect.will
         self.stats.clients_total += 1
         log.debug("client %s connected (v%d, session present %s)", client_id, level, session_present)
@@ -648,10 +609,8 @@ class Broker:
         if old is None:
             return
         will, old.will = old.will, None
-        if will is not None:
-            delay = will.properties.will_delay_interval or 0 if old_conn.protocol_level == MQTT_5 else 0
-            if delay == 0 or clean_start:
-                self._publish_will(will, session.client_id, old_conn.protocol_level, trio.current_time())
+        if will is not None and (will_delay(will, old_conn.protocol_level) == 0 or clean_start):
+            self._publish_will(will, session.client_id, old_conn.protocol_level, trio.current_time())
         self._close(old, ReasonCode.SESSION_TAKEN_OVER)
 
     def _on_disconnect(self, client: ClientConnection, disconnect: Disconnect) -> None:
@@ -677,8 +636,7 @@ class Broker:
         will = client.will
         client.will = None
         if will is not None:
-            delay = (will.properties.will_delay_interval or 0) if conn.protocol_level == MQTT_5 else 0
-            delay = min(delay, session.expiry_interval)  # the session ending sends it too [MQTT-3.1.3-9]
+            delay = will_delay(will, conn.protocol_level, session.expiry_interval)
             if delay <= 0:
                 self._publish_will(will, session.client_id, conn.protocol_level, now)
             else:
@@ -731,19 +689,8 @@ class Broker:
             del self.sessions[session.client_id]
 
     def _publish_will(self, will: Will, client_id: str, level: int, now: float) -> None:
-        props = will.properties
-        expiry = props.message_expiry_interval if level == MQTT_5 else None
-        message = Message(
-            will.topic,
-            will.payload,
-            will.qos,
-            will.retain,
-            forwarded_properties(props) if level == MQTT_5 else Properties(),
-            publisher_id=client_id,
-            expiry_deadline=None if expiry is None else now + expiry,
-        )
         log.debug("publishing will of %s on %s", client_id, will.topic)
-        self.publish(message, None)
+        self.publish(will_message(will, client_id, level, now), None)
 
     # --- routing ------------------------------------------------------------------------------------
 
@@ -892,69 +839,41 @@ class Broker:
         conn = client.conn
         session = conn.session
         assert session is not None
-        cfg = self.config.mqtt
-        v5 = conn.protocol_level == MQTT_5
-        sub_ids = subscribe.properties.subscription_identifiers
-        if sub_ids and not cfg.subscription_identifiers:
-            # §3.2.2.3.12: 0xA1 when Subscription Identifiers are not supported.
-            self._close(client, ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        screen = None
+        if self._screening_subscribe:  # ACL, topic limits, subscription quota
+
+            def screen(full_filter: str, topic_filter: str) -> int:
+                return self._screen_subscription(client, session, full_filter, topic_filter)
+
+        try:
+            plan = plan_subscribe(subscribe, conn.protocol_level, self.limits.max_qos, self.features, screen)
+        except ProtocolError as error:
+            self._close(client, error.reason_code, error.message)
             return
-        sub_id = sub_ids[0] if sub_ids else None
-        failure = ReasonCode.UNSPECIFIED_ERROR
         wait = 0  # a persistent session's SUBACK waits until its subscriptions are on disk
         codes: list[int] = []
         to_send: list[tuple[str, SubscriptionOptions]] = []
-        for sub in subscribe.subscriptions:
-            try:
-                group, topic_filter = parse_shared(sub.topic_filter)
-            except ValueError:
-                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else failure)
+        for grant in plan:
+            if isinstance(grant, int):
+                codes.append(grant)
                 continue
-            if not is_valid_topic_filter(topic_filter):
-                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else failure)  # [MQTT-4.7.1-1]
-                continue
-            if group is not None and not cfg.shared_subscriptions:
-                codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
-                continue
-            if group is not None and sub.no_local:
-                # [MQTT-3.8.3-4]: No Local on a shared subscription is a Protocol Error.
-                self._close(client, ReasonCode.PROTOCOL_ERROR, "No Local on a shared subscription")
-                return
-            if not cfg.wildcard_subscriptions and ("+" in topic_filter or "#" in topic_filter):
-                codes.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
-                continue
-            if self._screening_subscribe and (
-                refused := self._screen_subscription(client, session, sub.topic_filter, topic_filter)
-            ):
-                codes.append(refused if v5 else failure)  # ACL 0x87, limits 0x8F / 0x97; 3.1.1: 0x80
-                continue
-            qos = min(sub.qos, cfg.max_qos)  # §3.8.4: the Server may grant a lower QoS
-            opts = SubscriptionOptions(
-                qos=qos,
-                no_local=sub.no_local and v5,
-                retain_as_published=sub.retain_as_published and v5,
-                retain_handling=sub.retain_handling if v5 else RetainHandling.SEND_ON_SUBSCRIBE,
-                subscription_id=sub_id,
-            )
-            is_new = self.router.subscribe(session.client_id, sub.topic_filter, opts)
-            session.subscriptions[sub.topic_filter] = opts
+            opts = grant.options
+            is_new = self.router.subscribe(session.client_id, grant.topic_filter, opts)
+            session.subscriptions[grant.topic_filter] = opts
             if session.journal is not None and self.store is not None:
                 wait = self.store.op(
                     "sub",
                     session.client_id,
-                    sub.topic_filter,
-                    qos,
+                    grant.topic_filter,
+                    opts.qos,
                     int(opts.no_local),
                     int(opts.retain_as_published),
                     int(opts.retain_handling),
-                    sub_id,
+                    opts.subscription_id,
                 )
-            codes.append(qos)
-            if group is None and (
-                opts.retain_handling is RetainHandling.SEND_ON_SUBSCRIBE
-                or (opts.retain_handling is RetainHandling.SEND_IF_NEW_SUBSCRIPTION and is_new)
-            ):
-                to_send.append((topic_filter, opts))  # [MQTT-3.3.1-9]; none for shared subscriptions (§4.8.2)
+            codes.append(opts.qos)
+            if sends_retained(grant, is_new):
+                to_send.append((grant.match_filter, opts))
         conn.send(SubAck(subscribe.packet_id, tuple(codes)), wait)  # [MQTT-3.8.4-1]
         if to_send:
             self._send_retained(session, to_send)
@@ -1392,14 +1311,13 @@ class Broker:
             await trio.sleep(delay)
         if client.closing:
             return
-        level = connect.protocol_level
-        if level != MQTT_5:
-            code: int = ConnectReturnCode.NOT_AUTHORIZED  # 3.1.1 0x05, as Mosquitto answers
-        elif outcome is Verdict.BAD_CREDENTIALS:
-            code = ReasonCode.BAD_USER_NAME_OR_PASSWORD  # 0x86
-        else:
-            code = ReasonCode.NOT_AUTHORIZED  # 0x87
-        client.conn.reject(encode(ConnAck(False, code), level))  # [MQTT-3.2.2-7] then close
+        reason = (
+            ReasonCode.BAD_USER_NAME_OR_PASSWORD  # 0x86
+            if outcome is Verdict.BAD_CREDENTIALS
+            else ReasonCode.NOT_AUTHORIZED  # 0x87
+        )
+        # 3.1.1: 0x05, as Mosquitto answers; the CONNACK is the last packet [MQTT-3.2.2-7]
+        client.conn.reject(refusal(connect.protocol_level, reason, ConnectReturnCode.NOT_AUTHORIZED))
         self._close(client)
 
     def _may_read(self, client_id: str, topic: str) -> bool:
@@ -1469,6 +1387,10 @@ _STORED_INFLIGHT = {
 def _stored_properties(block: bytes | None) -> Properties:
     """PUBLISH properties as the store keeps them: the wire block, or None for none."""
     return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]
+
+
+def _new_client_id() -> str:
+    return "edgebus-" + secrets.token_hex(8)
 
 
 def _sockname(listener: socket.socket) -> tuple[str, int]:
