@@ -3,7 +3,6 @@ and which refusal code each other one gets on 3.1.1 and 5.0 (§3.8, §3.9, §4.8
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgebus.core.connect import ServerFeatures
@@ -15,9 +14,6 @@ from edgebus.protocol.packets import Subscribe
 
 #: The one refusal code 3.1.1 has (§3.9.3).
 FAILURE_3_1_1 = 0x80
-
-#: A check the broker adds (ACL, limits): (full filter, filter without $share) -> 0 or a v5 reason code.
-Screen = Callable[[str, str], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +28,11 @@ class Grant:
 
 
 def plan_subscribe(
-    subscribe: Subscribe, level: int, max_qos: int, features: ServerFeatures, screen: Screen | None
+    subscribe: Subscribe, level: int, max_qos: int, features: ServerFeatures
 ) -> list[Grant | int]:
     """Per filter, in order: a Grant, or the code to put in the SUBACK [MQTT-3.8.4-1]. Raises
-    ProtocolError for a SUBSCRIBE that closes the connection."""
+    ProtocolError for a SUBSCRIBE that closes the connection, before anything of it took effect.
+    What the broker adds (ACL, limits) it checks per Grant as it applies them (`refusal_code`)."""
     v5 = level == MQTT_5
     sub_ids = subscribe.properties.subscription_identifiers
     if sub_ids and not features.subscription_identifiers:
@@ -61,9 +58,6 @@ def plan_subscribe(
         if not features.wildcard_subscriptions and ("+" in topic_filter or "#" in topic_filter):
             plan.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else FAILURE_3_1_1)
             continue
-        if screen is not None and (refused := screen(sub.topic_filter, topic_filter)):
-            plan.append(refused if v5 else FAILURE_3_1_1)  # ACL 0x87, limits 0x8F / 0x97
-            continue
         options = SubscriptionOptions(
             qos=min(sub.qos, max_qos),  # §3.8.4: the Server may grant a lower QoS
             no_local=sub.no_local and v5,
@@ -73,6 +67,11 @@ def plan_subscribe(
         )
         plan.append(Grant(sub.topic_filter, group is not None, topic_filter, options))
     return plan
+
+
+def refusal_code(reason_code: int, level: int) -> int:
+    """A v5 SUBACK refusal (ACL 0x87, limits 0x8F / 0x97) as ``level`` can say it."""
+    return reason_code if level == MQTT_5 else FAILURE_3_1_1
 
 
 def sends_retained(grant: Grant, is_new: bool) -> bool:

@@ -18,7 +18,7 @@ from edgebus.core.connect import (
 )
 from edgebus.core.server import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES
-from edgebus.core.subscribe import FAILURE_3_1_1, Grant, plan_subscribe, sends_retained
+from edgebus.core.subscribe import FAILURE_3_1_1, Grant, plan_subscribe, refusal_code, sends_retained
 from edgebus.protocol import MQTT_5, PacketDecoder
 from edgebus.protocol.enums import MQTT_3_1_1, ConnectReturnCode, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError, malformed
@@ -203,17 +203,17 @@ def subscribe(*subs: Subscription, props: Properties = NO_PROPERTIES) -> Subscri
 
 def test_granted_qos_is_capped_by_maximum_qos() -> None:
     # §3.8.4: the Server may grant a lower QoS than requested [MQTT-3.8.4-8 context].
-    plan = plan_subscribe(subscribe(Subscription("a/#", qos=2)), MQTT_5, 1, FEATURES, None)
+    plan = plan_subscribe(subscribe(Subscription("a/#", qos=2)), MQTT_5, 1, FEATURES)
     assert isinstance(plan[0], Grant) and plan[0].options.qos == 1
 
 
 def test_invalid_filters_get_0x8f_on_v5_and_0x80_on_3_1_1() -> None:
     # [MQTT-4.7.1-1] / [MQTT-4.7.1-2]: misplaced wildcards; a malformed $share filter (§4.8.2).
     subs = (Subscription("a/#/b", qos=0), Subscription("$share/g", qos=0), Subscription("ok", qos=0))
-    v5 = plan_subscribe(subscribe(*subs), MQTT_5, 2, FEATURES, None)
+    v5 = plan_subscribe(subscribe(*subs), MQTT_5, 2, FEATURES)
     assert v5[:2] == [ReasonCode.TOPIC_FILTER_INVALID, ReasonCode.TOPIC_FILTER_INVALID]
     assert isinstance(v5[2], Grant)
-    v311 = plan_subscribe(subscribe(*subs), MQTT_3_1_1, 2, FEATURES, None)
+    v311 = plan_subscribe(subscribe(*subs), MQTT_3_1_1, 2, FEATURES)
     assert v311[:2] == [FAILURE_3_1_1, FAILURE_3_1_1]
 
 
@@ -223,7 +223,7 @@ def test_features_switched_off_refuse_what_uses_them() -> None:
         wildcard_subscriptions=False, shared_subscriptions=False, subscription_identifiers=False
     )
     plan = plan_subscribe(
-        subscribe(Subscription("$share/g/a", qos=0), Subscription("a/+", qos=0)), MQTT_5, 2, off, None
+        subscribe(Subscription("$share/g/a", qos=0), Subscription("a/+", qos=0)), MQTT_5, 2, off
     )
     assert plan == [
         ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
@@ -235,7 +235,6 @@ def test_features_switched_off_refuse_what_uses_them() -> None:
             MQTT_5,
             2,
             off,
-            None,
         )
     assert raised.value.reason_code == ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
 
@@ -243,22 +242,14 @@ def test_features_switched_off_refuse_what_uses_them() -> None:
 def test_no_local_on_a_shared_subscription_is_a_protocol_error() -> None:
     # [MQTT-3.8.3-4].
     with pytest.raises(ProtocolError) as raised:
-        plan_subscribe(subscribe(Subscription("$share/g/a", qos=0, no_local=True)), MQTT_5, 2, FEATURES, None)
+        plan_subscribe(subscribe(Subscription("$share/g/a", qos=0, no_local=True)), MQTT_5, 2, FEATURES)
     assert raised.value.reason_code == ReasonCode.PROTOCOL_ERROR
 
 
-def test_screen_refusals_keep_their_v5_code() -> None:
-    # ACL refusal 0x87 on v5 (§3.9.3), 0x80 on 3.1.1; the screen sees the full and the bare filter.
-    seen: list[tuple[str, str]] = []
-
-    def screen(full: str, bare: str) -> int:
-        seen.append((full, bare))
-        return ReasonCode.NOT_AUTHORIZED if bare.startswith("secret") else 0
-
-    subs = (Subscription("$share/g/secret/x", qos=1), Subscription("open/x", qos=1))
-    assert plan_subscribe(subscribe(*subs), MQTT_5, 2, FEATURES, screen)[0] == ReasonCode.NOT_AUTHORIZED
-    assert plan_subscribe(subscribe(*subs), MQTT_3_1_1, 2, FEATURES, screen)[0] == FAILURE_3_1_1
-    assert seen[0] == ("$share/g/secret/x", "secret/x")
+def test_refusals_of_the_brokers_own_checks_per_version() -> None:
+    # ACL 0x87 / quota 0x97 on v5 (§3.9.3); 3.1.1 has only 0x80.
+    assert refusal_code(ReasonCode.NOT_AUTHORIZED, MQTT_5) == ReasonCode.NOT_AUTHORIZED
+    assert refusal_code(ReasonCode.QUOTA_EXCEEDED, MQTT_3_1_1) == FAILURE_3_1_1
 
 
 def test_v5_options_are_kept_and_3_1_1_gets_the_defaults() -> None:
@@ -266,14 +257,12 @@ def test_v5_options_are_kept_and_3_1_1_gets_the_defaults() -> None:
     sub = Subscription(
         "a", qos=1, no_local=True, retain_as_published=True, retain_handling=RetainHandling.DO_NOT_SEND
     )
-    v5 = plan_subscribe(
-        subscribe(sub, props=Properties(subscription_identifiers=(9,))), MQTT_5, 2, FEATURES, None
-    )
+    v5 = plan_subscribe(subscribe(sub, props=Properties(subscription_identifiers=(9,))), MQTT_5, 2, FEATURES)
     assert isinstance(v5[0], Grant)
     opts = v5[0].options
     assert (opts.no_local, opts.retain_as_published, opts.subscription_id) == (True, True, 9)
     assert opts.retain_handling is RetainHandling.DO_NOT_SEND
-    v311 = plan_subscribe(subscribe(sub), MQTT_3_1_1, 2, FEATURES, None)
+    v311 = plan_subscribe(subscribe(sub), MQTT_3_1_1, 2, FEATURES)
     assert isinstance(v311[0], Grant)
     assert (
         v311[0].options.retain_handling is RetainHandling.SEND_ON_SUBSCRIBE and not v311[0].options.no_local
@@ -294,6 +283,6 @@ def test_which_grants_send_retained_messages(
     handling: RetainHandling, shared: bool, is_new: bool, expected: bool
 ) -> None:
     sub = Subscription("$share/g/a" if shared else "a", qos=0, retain_handling=handling)
-    plan = plan_subscribe(subscribe(sub), MQTT_5, 2, FEATURES, None)
+    plan = plan_subscribe(subscribe(sub), MQTT_5, 2, FEATURES)
     assert isinstance(plan[0], Grant)
     assert sends_retained(plan[0], is_new) is expected
