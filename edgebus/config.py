@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, get_args
 
+from edgebus.core.outbox import OverflowPolicy
 from edgebus.core.topics import is_valid_topic_filter
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "NumberRange",
     "OneListenAddress",
     "OneOf",
-    "OverflowPolicy",
     "QueueConfig",
     "Section",
     "SectionArray",
@@ -418,7 +418,6 @@ def _is_host(host: str) -> bool:
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-OverflowPolicy = Literal["drop-oldest", "drop-newest", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
