@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "Durability",
     "IntRange",
     "LimitsConfig",
     "ListenAddress",
