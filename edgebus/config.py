@@ -114,7 +114,7 @@ class ConfigError(Exception):
         return self.problems[0].key
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """Raised by a ``Check``: the value is unusable. ``at`` refines the key path (e.g. a list index)."""
 
     def __init__(self, problem: str, at: KeyPath = (), needle: str | None = None) -> None:
@@ -124,7 +124,7 @@ class _Invalid(Exception):
         self.needle = needle
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A TOML-flavoured rendering of a value for error messages (``true``, ``"text"``, ``[1, 2]``)."""
     if isinstance(value, bool):
         text = "true" if value else "false"
@@ -133,7 +133,7 @@ def _show(value: object) -> str:
     elif isinstance(value, float) and not math.isfinite(value):
         text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     elif isinstance(value, list):
-        text = "[" + ", ".join(_show(item) for item in value) + "]"
+        text = "[" + ", ".join(show(item) for item in value) + "]"
     elif isinstance(value, dict):
         text = "a table"
     else:
@@ -142,7 +142,7 @@ def _show(value: object) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checks: each turns a raw TOML value into the Python value, or raises _Invalid saying what was expected.
+# Checks: each turns a raw TOML value into the Python value, or raises Invalid saying what was expected.
 
 
 class Check:
@@ -155,11 +155,11 @@ class Check:
         raise NotImplementedError
 
     def convert(self, value: object) -> object:
-        """The Python value for the TOML ``value``; raises _Invalid if it is unusable."""
+        """The Python value for the TOML ``value``; raises Invalid if it is unusable."""
         raise NotImplementedError
 
-    def fail(self, value: object) -> _Invalid:
-        return _Invalid(f"must be {self.expected()}, got {_show(value)}")
+    def fail(self, value: object) -> Invalid:
+        return Invalid(f"must be {self.expected()}, got {show(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +219,7 @@ class OneOf(Check):
     choices: tuple[str, ...]
 
     def expected(self) -> str:
-        return "one of " + ", ".join(_show(choice) for choice in self.choices)
+        return "one of " + ", ".join(show(choice) for choice in self.choices)
 
     def convert(self, value: object) -> object:
         if not isinstance(value, str) or value not in self.choices:
@@ -255,13 +255,13 @@ class ListenAddresses(Check):
         addresses: list[ListenAddress] = []
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                raise _Invalid(f'must be a "HOST:PORT" string, got {_show(item)}', at=(index,))
+                raise Invalid(f'must be a "HOST:PORT" string, got {show(item)}', at=(index,))
             try:
                 address = parse_listen_address(item)
             except ValueError as error:
-                raise _Invalid(str(error), at=(index,), needle=item) from None
+                raise Invalid(str(error), at=(index,), needle=item) from None
             if address in addresses:
-                raise _Invalid(f"{_show(item)} is listed twice", at=(index,), needle=item)
+                raise Invalid(f"{show(item)} is listed twice", at=(index,), needle=item)
             addresses.append(address)
         return tuple(addresses)
 
@@ -279,7 +279,7 @@ class OneListenAddress(Check):
         try:
             return parse_listen_address(value)
         except ValueError as error:
-            raise _Invalid(str(error)) from None
+            raise Invalid(str(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -367,36 +367,36 @@ def parse_listen_address(text: str) -> ListenAddress:
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
-            raise ValueError(f"invalid listen address {_show(text)}: missing ']' after the IPv6 address")
+            raise ValueError(f"invalid listen address {show(text)}: missing ']' after the IPv6 address")
         if not rest.startswith(":"):
-            raise ValueError(f"invalid listen address {_show(text)}: expected ':PORT' after ']'")
+            raise ValueError(f"invalid listen address {show(text)}: expected ':PORT' after ']'")
         port_text = rest[1:]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(
-                f"invalid listen address {_show(text)}: {_show(host)} is not an IPv6 address"
+                f"invalid listen address {show(text)}: {show(host)} is not an IPv6 address"
             ) from None
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon:
-            raise ValueError(f"invalid listen address {_show(text)}: expected HOST:PORT, {_LISTEN_EXAMPLES}")
+            raise ValueError(f"invalid listen address {show(text)}: expected HOST:PORT, {_LISTEN_EXAMPLES}")
         if ":" in host:
             raise ValueError(
-                f"invalid listen address {_show(text)}: put an IPv6 address in brackets, e.g. [::1]:1883"
+                f"invalid listen address {show(text)}: put an IPv6 address in brackets, e.g. [::1]:1883"
             )
         if not host:
             raise ValueError(
-                f"invalid listen address {_show(text)}: missing host (use 0.0.0.0 or [::] for all interfaces)"
+                f"invalid listen address {show(text)}: missing host (use 0.0.0.0 or [::] for all interfaces)"
             )
         if not _is_host(host):
             raise ValueError(
-                f"invalid listen address {_show(text)}: {_show(host)} is not an IPv4 address or host name"
+                f"invalid listen address {show(text)}: {show(host)} is not an IPv4 address or host name"
             )
     if not _PORT_RE.fullmatch(port_text) or int(port_text) > MAX_PORT:
         raise ValueError(
-            f"invalid listen address {_show(text)}: port must be an integer from 0 to {MAX_PORT}, "
-            f"got {_show(port_text)}"
+            f"invalid listen address {show(text)}: port must be an integer from 0 to {MAX_PORT}, "
+            f"got {show(port_text)}"
         )
     return ListenAddress(host, int(port_text))
 
@@ -591,13 +591,13 @@ class TopicRules(Check):
         rules: list[BridgeTopic] = []
         for index, item in enumerate(value):
             if not isinstance(item, dict):
-                raise _Invalid(f"must be a table {{ pattern = ... }}, got {_show(item)}", at=(index,))
+                raise Invalid(f"must be a table {{ pattern = ... }}, got {show(item)}", at=(index,))
             for key in item:
                 if key not in _TOPIC_RULE_KEYS:
-                    raise _Invalid(f"unknown key; known: {', '.join(_TOPIC_RULE_KEYS)}", at=(index, key))
+                    raise Invalid(f"unknown key; known: {', '.join(_TOPIC_RULE_KEYS)}", at=(index, key))
             pattern = item.get("pattern")
             if not isinstance(pattern, str) or not pattern:
-                raise _Invalid("pattern: must be a non-empty topic filter", at=(index,))
+                raise Invalid("pattern: must be a non-empty topic filter", at=(index,))
             values: dict[str, Any] = {"pattern": pattern}
             checks: dict[str, Check] = {
                 "direction": OneOf(get_args(BridgeDirection)),
@@ -610,8 +610,8 @@ class TopicRules(Check):
                 if key in item:
                     try:
                         values[key] = check.convert(item[key])
-                    except _Invalid as invalid:
-                        raise _Invalid(invalid.problem, at=(index, key)) from None
+                    except Invalid as invalid:
+                        raise Invalid(invalid.problem, at=(index, key)) from None
             rules.append(BridgeTopic(**values))
         return tuple(rules)
 
@@ -789,9 +789,9 @@ _KEY_VALUE_RE: Final = re.compile(rf"[ \t]*({_DOTTED_KEY})[ \t]*=")
 _SYNTAX_POSITION_RE: Final = re.compile(r" \(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
-def _key_parts(dotted: str) -> list[str]:
+def _key_parts(key: str) -> list[str]:
     parts = []
-    for simple in _SIMPLE_KEY_RE.findall(dotted):
+    for simple in _SIMPLE_KEY_RE.findall(key):
         if simple.startswith('"'):
             # Let tomllib decode the escapes of a quoted key exactly as it did for the data.
             parts.append(next(iter(tomllib.loads(f"{simple} = 0"))))
@@ -832,7 +832,7 @@ def _multiline_string_after(text: str, open_delimiter: str | None) -> str | None
     return delimiter if delimiter in ('"""', "'''") else None
 
 
-class _LineIndex:
+class LineIndex:
     """First line (1-based) at which each key path is written in a TOML text."""
 
     def __init__(self, text: str) -> None:
@@ -885,21 +885,21 @@ class _LineIndex:
         else:
             return 1
         if needle is not None:
-            quoted = (_show(needle), f"'{needle}'")
+            quoted = (show(needle), f"'{needle}'")
             for candidate in range(number, min(number + 1000, len(self.lines) + 1)):
                 if any(q in self.lines[candidate - 1] for q in quoted):
                     return candidate
         return number
 
 
-def _dotted(path: KeyPath) -> str:
+def dotted(path: KeyPath) -> str:
     """A key path as the user would write it: ``mqtt.receive_maximum``, ``bridges[0].host``."""
     text = ""
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            name = part if re.fullmatch(_BARE_KEY, part) else _show(part)
+            name = part if re.fullmatch(_BARE_KEY, part) else show(part)
             text += f".{name}" if text else name
     return text
 
@@ -911,12 +911,12 @@ def _dotted(path: KeyPath) -> str:
 class _Loader:
     def __init__(self, text: str, source: str) -> None:
         self.source = source
-        self.lines = _LineIndex(text)
+        self.lines = LineIndex(text)
         self.problems: list[ConfigProblem] = []
 
     def report(self, path: KeyPath, message: str, needle: str | None = None) -> None:
         line = self.lines.find(path, needle)
-        self.problems.append(ConfigProblem(self.source, line, _dotted(path), message))
+        self.problems.append(ConfigProblem(self.source, line, dotted(path), message))
 
     def build(self, cls: type[Any], table: Mapping[str, object], path: KeyPath) -> Any | None:
         """An instance of the configuration dataclass ``cls`` from ``table``, or None after reporting."""
@@ -949,17 +949,17 @@ class _Loader:
         if isinstance(entry, Setting):
             try:
                 return entry.check.convert(raw)
-            except _Invalid as invalid:
+            except Invalid as invalid:
                 self.report(path + invalid.at, invalid.problem, invalid.needle)
                 return _FAILED
         if isinstance(entry, Section):
             if not isinstance(raw, dict):
-                self.report(path, f"must be a table ([{_dotted(path)}]), got {_show(raw)}")
+                self.report(path, f"must be a table ([{dotted(path)}]), got {show(raw)}")
                 return _FAILED
             built = self.build(entry.cls, raw, path)
             return _FAILED if built is None else built
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-            self.report(path, f"must be an array of tables ([[{_dotted(path)}]]), got {_show(raw)}")
+            self.report(path, f"must be an array of tables ([[{dotted(path)}]]), got {show(raw)}")
             return _FAILED
         items = [self.build(entry.cls, item, (*path, index)) for index, item in enumerate(raw)]
         return _FAILED if any(item is None for item in items) else tuple(items)
