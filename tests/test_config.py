@@ -598,7 +598,7 @@ class _RootConfig:
 
 
 def _load_test_root(text: str) -> object:
-    from edgebus.config import _Loader
+    from edgebus.config.load import _Loader
 
     loader = _Loader(text, "t.toml")
     built = loader.build(_RootConfig, tomllib.loads(text), ())

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
-log = logging.getLogger("edgebus.store")
+from edgebus.config import Durability
 
-Durability = Literal["fsync", "os", "memory"]
+log = logging.getLogger("edgebus.store")
 DB_NAME = "edgebus.db"
 SCHEMA_VERSION = 3
 

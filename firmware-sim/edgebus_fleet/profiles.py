@@ -21,16 +21,15 @@ from edgebus.config import (
     ConfigError,
     ConfigProblem,
     IntRange,
+    Invalid,
+    KeyPath,
+    LineIndex,
     NumberRange,
     OneOf,
     Text,
-    _dotted,
-    _Invalid,
-    _LineIndex,
-    _show,
+    dotted,
+    show,
 )
-
-KeyPath = tuple[str | int, ...]
 
 MAX_FOUR_BYTE_INTEGER: Final = 4_294_967_295
 PROTOCOLS: Final = {"3.1.1": 4, "5": 5}
@@ -264,7 +263,7 @@ class TextList(Check):
             raise self.fail(value)
         for index, item in enumerate(value):
             if not isinstance(item, str) or not item:
-                raise _Invalid(f"must be a non-empty string, got {_show(item)}", at=(index,))
+                raise Invalid(f"must be a non-empty string, got {show(item)}", at=(index,))
         return tuple(value)
 
 
@@ -410,12 +409,12 @@ class _Validator:
 
     def __init__(self, text: str, source: str) -> None:
         self.source = source
-        self.lines = _LineIndex(text)
+        self.lines = LineIndex(text)
         self.problems: list[ConfigProblem] = []
 
     def report(self, path: KeyPath, message: str, needle: str | None = None) -> None:
         self.problems.append(
-            ConfigProblem(self.source, self.lines.find(path, needle), _dotted(path), message)
+            ConfigProblem(self.source, self.lines.find(path, needle), dotted(path), message)
         )
 
     def check(self, schema: Schema, raw: object, path: KeyPath) -> Any:
@@ -423,19 +422,19 @@ class _Validator:
         if isinstance(schema, Check):
             try:
                 return schema.convert(raw)
-            except _Invalid as invalid:
+            except Invalid as invalid:
                 self.report(path + invalid.at, invalid.problem, invalid.needle)
                 return None
         if isinstance(schema, ArrayOfTables):
             if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-                self.report(path, f"must be an array of tables ([[{_dotted(path)}]]), got {_show(raw)}")
+                self.report(path, f"must be an array of tables ([[{dotted(path)}]]), got {show(raw)}")
                 return None
             if len(raw) < schema.min_items:
-                self.report(path, f"needs at least {schema.min_items} [[{_dotted(path)}]] table")
+                self.report(path, f"needs at least {schema.min_items} [[{dotted(path)}]] table")
                 return None
             return [self.check(schema.item, item, (*path, index)) for index, item in enumerate(raw)]
         if not isinstance(raw, dict):
-            self.report(path, f"must be a table, got {_show(raw)}")
+            self.report(path, f"must be a table, got {show(raw)}")
             return None
         if isinstance(schema, NamedTables):
             return {name: self.check(schema.item, value, (*path, name)) for name, value in raw.items()}
@@ -482,7 +481,7 @@ def _check_template(v: _Validator, template: str, path: KeyPath) -> None:
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as error:
-        v.report(path, f"bad template {_show(template)}: {error}")
+        v.report(path, f"bad template {show(template)}: {error}")
         return
     unknown = names - TEMPLATE_NAMES
     if unknown:
@@ -491,7 +490,7 @@ def _check_template(v: _Validator, template: str, path: KeyPath) -> None:
             f"unknown template name {{{sorted(unknown)[0]}}}; known: {{device_id}}, {{index}}, {{profile}}",
         )
     elif "+" in template or "#" in template:
-        v.report(path, f"a topic name cannot contain wildcards, got {_show(template)}")
+        v.report(path, f"a topic name cannot contain wildcards, got {show(template)}")
 
 
 def _field(v: _Validator, name: str, raw: dict[str, Any], path: KeyPath) -> FieldSpec | None:

@@ -1,0 +1,169 @@
+"""The [[bridge]] schema: an upstream bridge's settings and its topic rules."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
+
+from edgebus.config.addresses import ListenAddress, ListenAddresses
+from edgebus.config.schema import (
+    MAX_FOUR_BYTE_INTEGER,
+    Boolean,
+    Check,
+    IntRange,
+    Invalid,
+    NumberRange,
+    OneOf,
+    Text,
+    setting,
+    show,
+)
+from edgebus.core.topics import is_valid_topic_filter
+
+BridgeKind = Literal["mqtt", "nats-jetstream"]
+BridgeDirection = Literal["out", "in", "both"]
+BridgeTransform = Literal["none", "cbor-json"]
+BridgeOverflow = Literal["refuse", "drop-oldest"]
+_TOPIC_RULE_KEYS: Final = ("pattern", "direction", "qos", "local_prefix", "remote_prefix", "transform")
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeTopic:
+    """One topic rule of a bridge, as Mosquitto's ``topic PATTERN DIRECTION QOS LOCAL-PREFIX REMOTE-PREFIX``:
+    local topic ``local_prefix + T`` <-> remote ``remote_prefix + T`` for every T matching ``pattern``."""
+
+    pattern: str
+    direction: BridgeDirection = "out"
+    qos: int = 2
+    local_prefix: str = ""
+    remote_prefix: str = ""
+    transform: BridgeTransform = "none"  # out: CBOR payloads re-encoded as JSON for the cloud
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction in ("out", "both")
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction in ("in", "both")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRules(Check):
+    """A non-empty list of inline tables ``{ pattern = "...", direction = "out", qos = 2, ... }``."""
+
+    def expected(self) -> str:
+        return "a non-empty list of topic rules ({ pattern = ..., direction = ..., ... })"
+
+    def convert(self, value: object) -> object:
+        if not isinstance(value, list) or not value:
+            raise self.fail(value)
+        rules: list[BridgeTopic] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise Invalid(f"must be a table {{ pattern = ... }}, got {show(item)}", at=(index,))
+            for key in item:
+                if key not in _TOPIC_RULE_KEYS:
+                    raise Invalid(f"unknown key; known: {', '.join(_TOPIC_RULE_KEYS)}", at=(index, key))
+            pattern = item.get("pattern")
+            if not isinstance(pattern, str) or not pattern:
+                raise Invalid("pattern: must be a non-empty topic filter", at=(index,))
+            values: dict[str, Any] = {"pattern": pattern}
+            checks: dict[str, Check] = {
+                "direction": OneOf(get_args(BridgeDirection)),
+                "qos": IntRange(0, 2),
+                "local_prefix": Text(allow_empty=True),
+                "remote_prefix": Text(allow_empty=True),
+                "transform": OneOf(get_args(BridgeTransform)),
+            }
+            for key, check in checks.items():
+                if key in item:
+                    try:
+                        values[key] = check.convert(item[key])
+                    except Invalid as invalid:
+                        raise Invalid(invalid.problem, at=(index, key)) from None
+            rules.append(BridgeTopic(**values))
+        return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """[[bridge]]: store-and-forward to an upstream MQTT broker or a NATS JetStream stream."""
+
+    name: str = setting(
+        "", Text(allow_empty=True), "the bridge's name, unique ($SYS/broker/bridge/<name>/...)"
+    )
+    kind: BridgeKind = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        "mqtt", OneOf(get_args(BridgeKind)), "the upstream engine"
+    )
+    addresses: tuple[ListenAddress, ...] = setting(
+        (), ListenAddresses(), 'upstream "HOST:PORT" addresses, tried in turn'
+    )
+    client_id: str = setting(
+        "", Text(allow_empty=True), "MQTT client id / NATS connection name; '' = edgebus-<gateway>-<name>"
+    )
+    username: str = setting("", Text(allow_empty=True), "user name for the upstream; '' = none")
+    password: str = setting("", Text(allow_empty=True), "password for the upstream")
+    tls: bool = setting(False, Boolean(), "connect with TLS")
+    cafile: str = setting(
+        "", Text(allow_empty=True), "PEM CA certificates to verify the upstream; '' = system"
+    )
+    certfile: str = setting("", Text(allow_empty=True), "PEM client certificate (mutual TLS); '' = none")
+    keyfile: str = setting("", Text(allow_empty=True), "PEM private key of certfile")
+    protocol_level: int = setting(5, IntRange(4, 5), "MQTT protocol level: 4 = 3.1.1, 5 = 5.0 (mqtt)")
+    keep_alive: float = setting(10.0, NumberRange(1, 3600), "seconds between keep-alive pings")
+    ack_timeout: float = setting(
+        10.0,
+        NumberRange(0.1, 3600),
+        "seconds a batch may wait for its acknowledgements before the link is dead",
+    )
+    connect_timeout: float = setting(5.0, NumberRange(0.1, 3600), "seconds to connect and be accepted")
+    backoff_initial: float = setting(0.5, NumberRange(0.01, 3600), "first reconnect delay, in seconds")
+    backoff_max: float = setting(30.0, NumberRange(0.01, 86400), "cap on the (doubling, jittered) delay")
+    window: int = setting(1000, IntRange(1, 30000), "most messages in flight upstream at once")
+    rate: float = setting(0.0, NumberRange(0, 1e9), "most messages per second forwarded; 0 = no limit")
+    max_messages: int = setting(250_000, IntRange(1, 100_000_000), "most messages the outbox holds")
+    max_bytes: int = setting(
+        67_108_864, IntRange(1024, 2**50), "most bytes the outbox holds (in memory and on disk)"
+    )
+    overflow: BridgeOverflow = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
+        "refuse",
+        OneOf(get_args(BridgeOverflow)),
+        "what a full outbox does: refuse new messages (v5 QoS>0: 0x97) or drop its oldest (counted)",
+    )
+    session_expiry: int = setting(
+        604_800, IntRange(0, MAX_FOUR_BYTE_INTEGER), "upstream session expiry, in seconds (mqtt v5)"
+    )
+    checkpoint_topic: str = setting(
+        "",
+        Text(allow_empty=True),
+        "retained checkpoint topic (mqtt); '' = edgebus/bridge/<client_id>/checkpoint",
+    )
+    stream: str = setting("", Text(allow_empty=True), "the JetStream stream the subjects belong to")
+    topics: tuple[BridgeTopic, ...] = setting((), TopicRules(), "topic rules: what goes out, what comes in")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Problems across keys, as (key, message)."""
+        found: list[tuple[str, str]] = []
+        if not self.name:
+            found.append(("name", "a bridge needs a name"))
+        elif not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            found.append(("name", "use letters, digits, '_', '.' and '-' only"))
+        if not self.addresses:
+            found.append(("addresses", "a bridge needs at least one upstream address"))
+        if not self.topics:
+            found.append(("topics", "a bridge needs at least one topic rule"))
+        if self.kind == "nats-jetstream" and not self.stream:
+            found.append(("stream", "a nats-jetstream bridge needs the stream name"))
+        if self.backoff_max < self.backoff_initial:
+            found.append(("backoff_max", "must not be below backoff_initial"))
+        for rule in self.topics:
+            if not is_valid_topic_filter(rule.pattern) or rule.pattern.startswith("$share/"):
+                found.append(("topics", f"pattern {rule.pattern!r} is not a valid topic filter"))
+            found += [
+                ("topics", f"prefix {prefix!r} must not contain wildcards")
+                for prefix in (rule.local_prefix, rule.remote_prefix)
+                if "+" in prefix or "#" in prefix
+            ]
+        return found
