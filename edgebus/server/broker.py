@@ -64,7 +64,8 @@ from edgebus.protocol.packets import (
 from edgebus.protocol.properties import read_properties
 from edgebus.store import Store, StoredSession, StoredState
 from edgebus.store.journal import StoreJournal, property_block, wall_time
-from edgebus.transport.listener import ClientStream, Listener, peer_identity
+from edgebus.transport.listener import Listener
+from edgebus.transport.stream import ClientStream, peer_identity
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
 log = logging.getLogger("edgebus.server.broker")

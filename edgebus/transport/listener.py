@@ -1,5 +1,5 @@
-"""Extra listeners ([[listener]]: tcp, tls, ws, wss): the stream interface the broker reads and writes,
-TLS contexts, per-listener connection counts."""
+"""Extra listeners ([[listener]]: tcp, tls, ws, wss): each one's sockets, how its connections are wrapped
+(TLS, WebSocket), its TLS context and its connection count."""
 
 from __future__ import annotations
 
@@ -8,38 +8,18 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import trio
 
 from edgebus.config import Config, ListenerConfig
+from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
+from edgebus.transport.tls import TlsStream
+from edgebus.transport.websocket import WebSocketStream
 
 log = logging.getLogger("edgebus.transport")
 
-
-class ClientStream(Protocol):
-    """What the broker needs of a connection's stream: TcpStream, TlsStream and WebSocketStream."""
-
-    remote: str
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
-
-    def send_nowait(self, data: bytes) -> int: ...
-
-    def force_close(self) -> None: ...
-
-
 StreamHandler = Callable[[ClientStream], Awaitable[None]]
-
-
-def peer_identity(stream: ClientStream) -> str | None:
-    """The user name a client certificate gives on a listener with use_identity_as_username ("" if the
-    client sent none); None on every other listener."""
-    identity: str | None = getattr(stream, "identity", None)
-    return identity
 
 
 def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
@@ -99,9 +79,6 @@ class Listener:
         return [(str(name[0]), int(name[1])) for name in (sock.getsockname() for sock in self.sockets)]
 
     def wrap(self, stream: TcpStream) -> ClientStream:
-        from edgebus.transport.tls import TlsStream
-        from edgebus.transport.websocket import WebSocketStream
-
         config = self.config
         inner: ClientStream = stream
         if self.ssl_context is not None:

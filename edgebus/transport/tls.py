@@ -10,8 +10,9 @@ from edgebus.transport.tcp import TcpStream
 
 
 class _TlsOverTcp(trio.abc.Stream):
-    """TLS (trio.SSLStream) over the lean TcpStream, for either side. `force_close` closes the TCP socket
-    at once, without a close_notify: it serves for aborts and for ends whose MQTT close is written."""
+    """TLS (trio.SSLStream) over the lean TcpStream, for either side: a ClientStream
+    (edgebus.transport.stream). `force_close` closes the TCP socket at once, without a close_notify: it
+    serves for aborts and for ends whose MQTT close is written."""
 
     __slots__ = ("_closed", "_ssl", "_transport", "remote")
 
@@ -30,6 +31,12 @@ class _TlsOverTcp(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         await self._ssl.send_all(data)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        return 0
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._ssl.wait_send_all_might_not_block()
@@ -53,12 +60,6 @@ class TlsStream(_TlsOverTcp):
     def __init__(self, transport: TcpStream, context: ssl.SSLContext, use_identity: bool = False) -> None:
         super().__init__(transport, trio.SSLStream(transport, context, server_side=True))
         self._use_identity = use_identity
-
-    def send_nowait(self, data: bytes) -> int:
-        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        return 0
 
     @property
     def identity(self) -> str | None:
