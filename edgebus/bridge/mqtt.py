@@ -60,6 +60,7 @@ from edgebus.core.client import (
 )
 from edgebus.protocol.enums import MQTT_5, RetainHandling
 from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription
+from edgebus.transport.tls import client_context
 
 __all__ = ["MqttSink", "MqttUplink", "checkpoint_topic", "packet_id_of"]
 
@@ -135,12 +136,9 @@ class MqttSink(SinkBase):
             return None
         try:
             # Verifies the chain and the host name (check_hostname) of the address we connect to.
-            context = ssl.create_default_context(cafile=bridge.cafile or None)
-            if bridge.certfile:
-                context.load_cert_chain(bridge.certfile, bridge.keyfile or None)
+            return client_context(bridge.cafile, bridge.certfile, bridge.keyfile)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise SinkError(f"bridge {bridge.name!r}: cannot load the TLS files: {exc}") from None
-        return context
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[MqttUplink]:

@@ -14,7 +14,7 @@ import trio
 from edgebus.config import Config, ListenerConfig
 from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
-from edgebus.transport.tls import TlsStream
+from edgebus.transport.tls import TlsStream, server_context
 from edgebus.transport.websocket import WebSocketStream
 
 log = logging.getLogger("edgebus.transport")
@@ -26,17 +26,13 @@ def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
     """The server-side TLS context of a tls / wss listener. Raises OSError / ssl.SSLError / ValueError."""
     if not config.certfile or not config.keyfile:
         raise ValueError(f"a {config.type} listener needs certfile and keyfile")
-    if config.require_certificate and not config.cafile:
-        raise ValueError("require_certificate needs cafile (the CA that signs client certificates)")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    return server_context(
+        config.certfile,
+        config.keyfile,
+        cafile=config.cafile,
+        require_certificate=config.require_certificate,
+        min_tls_version=config.min_tls_version,
     )
-    context.load_cert_chain(config.certfile, config.keyfile)
-    if config.cafile:
-        context.load_verify_locations(config.cafile)
-        context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
-    return context
 
 
 def listener_problems(config: Config) -> list[str]:

@@ -1,4 +1,4 @@
-"""TLS over edgebus's TcpStream through the standard ssl module and trio.SSLStream."""
+"""TLS through the standard ssl module: the server and client contexts, and streams over TcpStream."""
 
 from __future__ import annotations
 
@@ -7,6 +7,40 @@ import ssl
 import trio
 
 from edgebus.transport.tcp import TcpStream
+
+
+def server_context(
+    certfile: str,
+    keyfile: str,
+    *,
+    cafile: str = "",
+    require_certificate: bool = False,
+    min_tls_version: str = "1.2",
+) -> ssl.SSLContext:
+    """The context of a TLS server (a tls or wss listener): TLS ``min_tls_version`` ("1.2" or "1.3") or
+    later. With ``cafile``, client certificates are verified against it: required with
+    ``require_certificate``, else optional. Raises OSError / ssl.SSLError (unreadable files) or
+    ValueError (require_certificate without cafile)."""
+    if require_certificate and not cafile:
+        raise ValueError("require_certificate needs cafile (the CA that signs client certificates)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    if cafile:
+        context.load_verify_locations(cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if require_certificate else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_context(cafile: str = "", certfile: str = "", keyfile: str = "") -> ssl.SSLContext:
+    """The context of a TLS client (a bridge's upstream connection, MQTT or NATS): verifies the server's
+    chain against ``cafile`` ('' = the system's CAs) and its host name (check_hostname), and presents
+    ``certfile`` (key in ``keyfile``, or in certfile when '') for mutual TLS. Raises OSError /
+    ssl.SSLError (unreadable files) or ValueError."""
+    context = ssl.create_default_context(cafile=cafile or None)
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
+    return context
 
 
 class _TlsOverTcp(trio.abc.Stream):
