@@ -27,6 +27,7 @@ from edgebus.auth import (
     read_password_file,
 )
 from edgebus.bridge.runner import NOT_ROUTED, Bridge
+from edgebus.bridge.sinks import sink_class
 from edgebus.config import Config
 from edgebus.core.flows import FlowState
 from edgebus.core.limits import RateQuota
@@ -225,6 +226,7 @@ class Broker:
                 self._publish_from_bridge,
                 self.wait_committed,
                 self._publish_state,
+                sink_class(bridge.kind),
             )
             for bridge in config.bridge
         ]
