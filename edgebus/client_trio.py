@@ -8,7 +8,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Protocol
 
 import trio
 
@@ -23,6 +22,7 @@ from edgebus.core.client import (
     UnsubscribeAcknowledged,
 )
 from edgebus.protocol.packets import NO_PROPERTIES, ConnAck, Properties, Subscription
+from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream
 from edgebus.transport.tls import TlsClientStream
 
@@ -32,7 +32,6 @@ RECEIVE_BYTES = 65536
 WRITE_BATCH_BYTES = 256 * 1024
 
 __all__ = [
-    "ClientStream",
     "ConnectError",
     "MqttConnection",
     "connect_mqtt",
@@ -72,17 +71,6 @@ async def open_tcp_socket(host: str, port: int) -> TcpStream:
         sock.close()
         raise
     return TcpStream(sock, f"{host}:{port}")
-
-
-class ClientStream(Protocol):
-    """What an `MqttConnection` needs of its stream: trio's Stream reads and writes, and a synchronous
-    close that takes effect at once (tasks waiting on it wake up with an error)."""
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
-
-    def force_close(self) -> None: ...
 
 
 class MqttConnection:

@@ -53,6 +53,7 @@ from edgebus.bridge.sink import (
 )
 from edgebus.client_trio import unwrap_single_error
 from edgebus.config import BridgeConfig, BridgeTopic
+from edgebus.transport.tls import client_context
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
@@ -244,10 +245,7 @@ class _NatsLink:
         bridge = self._bridge
         if not bridge.tls:
             return None
-        context = ssl.create_default_context(cafile=bridge.cafile or None)
-        if bridge.certfile:
-            context.load_cert_chain(bridge.certfile, bridge.keyfile or None)
-        return context
+        return client_context(bridge.cafile, bridge.certfile, bridge.keyfile)
 
     async def open(self, url: str, stream: str, consumer: nats.js.api.ConsumerConfig | None) -> None:
         """Connect to one server, check the stream, subscribe the ack inbox, set up the in rules' consumer."""

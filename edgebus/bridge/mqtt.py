@@ -58,8 +58,10 @@ from edgebus.core.client import (
     SubscribeAcknowledged,
     UnsubscribeAcknowledged,
 )
+from edgebus.core.flows import MAX_PACKET_ID
 from edgebus.protocol.enums import MQTT_5, RetainHandling
 from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription
+from edgebus.transport.tls import client_context
 
 __all__ = ["MqttSink", "MqttUplink", "checkpoint_topic", "packet_id_of"]
 
@@ -78,12 +80,10 @@ INBOUND_QOS0_BUFFER = 10_000
 #: (max_inflight_messages, default 20) answers a plain PUBREC and drops the message (0x97 has no 3.1.1
 #: encoding), which would be a record lost behind a checkpoint that covers it.
 MQTT_3_1_1_MAX_INFLIGHT = 20
-#: The highest MQTT packet identifier; `packet_id_of` maps sequences onto 1..MAX_PACKET_ID.
-MAX_PACKET_ID = 0xFFFF
 
 
 def packet_id_of(seq: int) -> int:
-    """The fixed packet id of outbox entry ``seq``: 1..65535, the same in every process."""
+    """The fixed packet id of outbox entry ``seq``: 1..MAX_PACKET_ID (65535), the same in every process."""
     return (seq - 1) % MAX_PACKET_ID + 1
 
 
@@ -135,12 +135,9 @@ class MqttSink(SinkBase):
             return None
         try:
             # Verifies the chain and the host name (check_hostname) of the address we connect to.
-            context = ssl.create_default_context(cafile=bridge.cafile or None)
-            if bridge.certfile:
-                context.load_cert_chain(bridge.certfile, bridge.keyfile or None)
+            return client_context(bridge.cafile, bridge.certfile, bridge.keyfile)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise SinkError(f"bridge {bridge.name!r}: cannot load the TLS files: {exc}") from None
-        return context
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[MqttUplink]:

@@ -11,23 +11,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from edgebus.bridge.outbox import Outbox
 from edgebus.bridge.rules import TopicMap
-from edgebus.bridge.sink import BridgeIdentity, InboundMessage, Record, Sink, SinkError, Uplink
-from edgebus.bridge.transform import JSON_CONTENT_TYPE, cbor_to_json, require_cbor, require_nats
+from edgebus.bridge.sink import BridgeIdentity, InboundMessage, Record, Sink, SinkError, SinkFactory, Uplink
+from edgebus.bridge.transform import JSON_CONTENT_TYPE, cbor_to_json, require_cbor
 from edgebus.config import BridgeConfig
 from edgebus.core.message import Message
 from edgebus.core.topics import is_valid_topic_name
 from edgebus.store import OutboxRow, Store
 from edgebus.store.journal import wall_time
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
 
 log = logging.getLogger("edgebus.bridge")
 
@@ -48,7 +44,8 @@ class BridgeState:
 
 class Bridge:
     """A configured bridge inside the broker. The broker calls `offer` for every message it routes
-    (synchronous: it only journals), `on_commit` after each store commit, and runs `run` in its nursery."""
+    (synchronous: it only journals), `on_commit` after each store commit, and runs `run` in its nursery.
+    ``sink_factory`` makes the sink of the bridge's engine (`edgebus.bridge.sinks.sink_class`)."""
 
     def __init__(
         self,
@@ -58,6 +55,7 @@ class Bridge:
         publish: Callable[[Message], int],
         wait_committed: Callable[[int], Awaitable[None]],
         publish_state: Callable[[str, str], None],
+        sink_factory: SinkFactory,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -66,8 +64,6 @@ class Bridge:
         self.topic_map = TopicMap(config)
         if any(rule.transform == "cbor-json" for rule in self.topic_map.out_rules):
             require_cbor()
-        if config.kind == "nats-jetstream":
-            require_nats()
         self.store = store
         self.outbox = Outbox(config.name, store, config.max_messages, config.max_bytes, config.overflow)
         self.identity = BridgeIdentity(gateway_id, "")
@@ -86,7 +82,7 @@ class Bridge:
         self.connects = 0
         self._wakeup = trio.Event()
         self._waiting_commit = False
-        self._sink_factory: Callable[[Bridge], Sink] | None = None
+        self._sink_factory = sink_factory
         # The first sequence an upstream refused outright: resume never skips it on the log's word (a
         # later record of its batch may be in the log while it is not).
         self._rejected_seq: int | None = None
@@ -162,11 +158,7 @@ class Bridge:
         self._publish_state(f"{SYS_PREFIX}{self.name}/state", state)
 
     def make_sink(self) -> Sink:
-        if self._sink_factory is not None:
-            return self._sink_factory(self)
-        from edgebus.bridge.sinks import make_sink
-
-        return make_sink(self)
+        return self._sink_factory(self.config, self.identity, self.topic_map, self.deliver, self.client_id)
 
     async def run(self) -> None:
         """Connect, resume, forward; on failure wait a jittered, doubling delay and start again. Forever."""

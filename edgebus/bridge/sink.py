@@ -2,7 +2,7 @@
 
 The runner (edgebus.bridge.runner) owns the outbox, its order, the window, the rate, reconnects and the
 state; a sink only knows how to talk to one engine. Adding an engine is one module with a class that has
-this shape, plus one line in `edgebus.bridge.sinks.make_sink`.
+this shape (a `SinkFactory`), plus its branch in `edgebus.bridge.sinks.sink_class`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from edgebus.bridge.rules import TopicMap
-    from edgebus.config import BridgeConfig
+from edgebus.bridge.rules import TopicMap
+from edgebus.config import BridgeConfig
 
 __all__ = [
     "MESSAGE_ID_HEADER",
@@ -26,6 +25,7 @@ __all__ = [
     "Sink",
     "SinkBase",
     "SinkError",
+    "SinkFactory",
     "Uplink",
 ]
 
@@ -117,8 +117,9 @@ class Uplink(Protocol):
 
 
 class SinkBase:
-    """What every sink is made with (by `edgebus.bridge.sinks.make_sink`): the bridge's configuration, the
-    identity its message ids carry, its topic rules, where in-rule messages go, and the resolved client id."""
+    """What every sink is made with (its class is the bridge's `SinkFactory`): the bridge's configuration,
+    the identity its message ids carry, its topic rules, where in-rule messages go, and the resolved client
+    id."""
 
     def __init__(
         self,
@@ -140,3 +141,9 @@ class Sink(Protocol):
     start receiving inside it and call the ``deliver`` the sink was made with."""
 
     def connect(self) -> AbstractAsyncContextManager[Uplink]: ...
+
+
+#: How the runner makes its bridge's sink, from the bridge's configuration, the identity its message ids
+#: carry, its topic rules, where in-rule messages go and its client id: a sink class (SinkBase's
+#: signature) is one. The runner is given it (`edgebus.bridge.sinks.sink_class` picks it by kind).
+SinkFactory = Callable[[BridgeConfig, BridgeIdentity, TopicMap, Deliver, str], Sink]

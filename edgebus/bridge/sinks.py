@@ -1,23 +1,22 @@
-"""The one place that maps a bridge's kind to its sink (a Kafka sink is one more branch here)."""
+"""The one place that maps a bridge's kind to its sink class: a new engine (Kafka, RabbitMQ streams, Redis
+Streams) is its module plus one branch in `sink_class`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from edgebus.bridge.runner import Bridge
-    from edgebus.bridge.sink import Sink
+from edgebus.bridge.mqtt import MqttSink
+from edgebus.bridge.sink import SinkFactory
+from edgebus.bridge.transform import require_nats
 
 
-def make_sink(bridge: Bridge) -> Sink:
-    config = bridge.config
-    args = (config, bridge.identity, bridge.topic_map, bridge.deliver, bridge.client_id)
-    if config.kind == "mqtt":
-        from edgebus.bridge.mqtt import MqttSink
+def sink_class(kind: str) -> SinkFactory:
+    """The sink class of bridge kind ``kind``: the `SinkFactory` its `edgebus.bridge.runner.Bridge` is given.
+    RuntimeError when the engine's client library is not installed; ValueError for an unknown kind."""
+    if kind == "mqtt":
+        return MqttSink
+    if kind == "nats-jetstream":
+        require_nats()
+        # Imported here, only when a JetStream bridge is configured: nats-py is the "bridge" extra.
+        from edgebus.bridge.jetstream import JetStreamSink
 
-        return MqttSink(*args)
-    if config.kind == "nats-jetstream":
-        from edgebus.bridge.jetstream import JetStreamSink  # nats-py: the "bridge" extra
-
-        return JetStreamSink(*args)
-    raise ValueError(f"unknown bridge kind {config.kind!r}")
+        return JetStreamSink
+    raise ValueError(f"unknown bridge kind {kind!r}")

@@ -25,7 +25,7 @@ from edgebus.core.session import Session
 from edgebus.protocol.enums import ConnectReturnCode, ReasonCode
 from edgebus.protocol.packets import Connect
 from edgebus.server.connection import ClientConnection
-from edgebus.transport.listener import peer_identity
+from edgebus.transport.stream import peer_identity
 
 log = logging.getLogger("edgebus.server.admission")
 

@@ -12,6 +12,7 @@ import trio
 
 from edgebus import __version__
 from edgebus.bridge.runner import Bridge
+from edgebus.bridge.sinks import sink_class
 from edgebus.config import Config
 from edgebus.core.connect import ConnectRefused, ServerFeatures, answer_violation, decide_connect
 from edgebus.core.message import Message
@@ -41,7 +42,8 @@ from edgebus.server.sys_topics import SysTopics
 from edgebus.server.timers import Timers
 from edgebus.store import OutboxRow, Store
 from edgebus.store.journal import StoreJournal
-from edgebus.transport.listener import ClientStream, Listener
+from edgebus.transport.listener import Listener
+from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
 log = logging.getLogger("edgebus.server.broker")
@@ -91,6 +93,7 @@ class Broker:
                 self._publish_from_bridge,
                 self._wait_committed,
                 self._publish_state,
+                sink_class(bridge.kind),
             )
             for bridge in config.bridge
         ]

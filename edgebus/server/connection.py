@@ -15,7 +15,7 @@ from edgebus.core.stats import Stats
 from edgebus.protocol.enums import MQTT_5, ReasonCode
 from edgebus.protocol.packets import Connect, Disconnect, Properties, Will
 from edgebus.server.timers import Timers
-from edgebus.transport.listener import ClientStream
+from edgebus.transport.stream import ClientStream
 
 log = logging.getLogger("edgebus.server.connection")
 

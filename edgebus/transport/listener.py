@@ -1,5 +1,5 @@
-"""Extra listeners ([[listener]]: tcp, tls, ws, wss): the stream interface the broker reads and writes,
-TLS contexts, per-listener connection counts."""
+"""Extra listeners ([[listener]]: tcp, tls, ws, wss): each one's sockets, how its connections are wrapped
+(TLS, WebSocket), its TLS context and its connection count."""
 
 from __future__ import annotations
 
@@ -8,55 +8,31 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import trio
 
 from edgebus.config import Config, ListenerConfig
+from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
+from edgebus.transport.tls import TlsStream, server_context
+from edgebus.transport.websocket import WebSocketStream
 
 log = logging.getLogger("edgebus.transport")
 
-
-class ClientStream(Protocol):
-    """What the broker needs of a connection's stream: TcpStream, TlsStream and WebSocketStream."""
-
-    remote: str
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
-
-    def send_nowait(self, data: bytes) -> int: ...
-
-    def force_close(self) -> None: ...
-
-
 StreamHandler = Callable[[ClientStream], Awaitable[None]]
-
-
-def peer_identity(stream: ClientStream) -> str | None:
-    """The user name a client certificate gives on a listener with use_identity_as_username ("" if the
-    client sent none); None on every other listener."""
-    identity: str | None = getattr(stream, "identity", None)
-    return identity
 
 
 def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
     """The server-side TLS context of a tls / wss listener. Raises OSError / ssl.SSLError / ValueError."""
     if not config.certfile or not config.keyfile:
         raise ValueError(f"a {config.type} listener needs certfile and keyfile")
-    if config.require_certificate and not config.cafile:
-        raise ValueError("require_certificate needs cafile (the CA that signs client certificates)")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    return server_context(
+        config.certfile,
+        config.keyfile,
+        cafile=config.cafile,
+        require_certificate=config.require_certificate,
+        min_tls_version=config.min_tls_version,
     )
-    context.load_cert_chain(config.certfile, config.keyfile)
-    if config.cafile:
-        context.load_verify_locations(config.cafile)
-        context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
-    return context
 
 
 def listener_problems(config: Config) -> list[str]:
@@ -99,9 +75,6 @@ class Listener:
         return [(str(name[0]), int(name[1])) for name in (sock.getsockname() for sock in self.sockets)]
 
     def wrap(self, stream: TcpStream) -> ClientStream:
-        from edgebus.transport.tls import TlsStream
-        from edgebus.transport.websocket import WebSocketStream
-
         config = self.config
         inner: ClientStream = stream
         if self.ssl_context is not None:

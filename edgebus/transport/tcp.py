@@ -19,7 +19,8 @@ _ACCEPT_TRANSIENT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno
 
 
 class TcpStream(trio.abc.Stream):
-    """A trio Stream over a non-blocking socket, with as few frames as a wait can have.
+    """A trio Stream over a non-blocking socket, with as few frames as a wait can have: a ClientStream
+    (edgebus.transport.stream).
 
     trio's SocketStream goes through several wrapper coroutines and context managers per call;
     an idle MQTT connection spends its life parked in `receive_some`, so every frame there costs

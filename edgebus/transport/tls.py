@@ -1,4 +1,4 @@
-"""TLS over edgebus's TcpStream through the standard ssl module and trio.SSLStream."""
+"""TLS through the standard ssl module: the server and client contexts, and streams over TcpStream."""
 
 from __future__ import annotations
 
@@ -9,9 +9,44 @@ import trio
 from edgebus.transport.tcp import TcpStream
 
 
+def server_context(
+    certfile: str,
+    keyfile: str,
+    *,
+    cafile: str = "",
+    require_certificate: bool = False,
+    min_tls_version: str = "1.2",
+) -> ssl.SSLContext:
+    """The context of a TLS server (a tls or wss listener): TLS ``min_tls_version`` ("1.2" or "1.3") or
+    later. With ``cafile``, client certificates are verified against it: required with
+    ``require_certificate``, else optional. Raises OSError / ssl.SSLError (unreadable files) or
+    ValueError (require_certificate without cafile)."""
+    if require_certificate and not cafile:
+        raise ValueError("require_certificate needs cafile (the CA that signs client certificates)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    if cafile:
+        context.load_verify_locations(cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if require_certificate else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_context(cafile: str = "", certfile: str = "", keyfile: str = "") -> ssl.SSLContext:
+    """The context of a TLS client (a bridge's upstream connection, MQTT or NATS): verifies the server's
+    chain against ``cafile`` ('' = the system's CAs) and its host name (check_hostname), and presents
+    ``certfile`` (key in ``keyfile``, or in certfile when '') for mutual TLS. Raises OSError /
+    ssl.SSLError (unreadable files) or ValueError."""
+    context = ssl.create_default_context(cafile=cafile or None)
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
+    return context
+
+
 class _TlsOverTcp(trio.abc.Stream):
-    """TLS (trio.SSLStream) over the lean TcpStream, for either side. `force_close` closes the TCP socket
-    at once, without a close_notify: it serves for aborts and for ends whose MQTT close is written."""
+    """TLS (trio.SSLStream) over the lean TcpStream, for either side: a ClientStream
+    (edgebus.transport.stream). `force_close` closes the TCP socket at once, without a close_notify: it
+    serves for aborts and for ends whose MQTT close is written."""
 
     __slots__ = ("_closed", "_ssl", "_transport", "remote")
 
@@ -30,6 +65,12 @@ class _TlsOverTcp(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         await self._ssl.send_all(data)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        return 0
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._ssl.wait_send_all_might_not_block()
@@ -53,12 +94,6 @@ class TlsStream(_TlsOverTcp):
     def __init__(self, transport: TcpStream, context: ssl.SSLContext, use_identity: bool = False) -> None:
         super().__init__(transport, trio.SSLStream(transport, context, server_side=True))
         self._use_identity = use_identity
-
-    def send_nowait(self, data: bytes) -> int:
-        """Encrypting needs the SSL object's send lock: always leave the bytes to a writer task."""
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        return 0
 
     @property
     def identity(self) -> str | None:

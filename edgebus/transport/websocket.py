@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -22,8 +21,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-if TYPE_CHECKING:
-    from edgebus.transport.listener import ClientStream
+from edgebus.transport.stream import ClientStream
 
 log = logging.getLogger("edgebus.transport")
 
