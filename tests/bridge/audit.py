@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 
@@ -48,7 +49,7 @@ class DeviceLoad:
 
             def on_event(event: ClientEvent, in_flight: set[tuple[str, int]] = in_flight) -> None:
                 if isinstance(event, PublishAcknowledged) and event.success:
-                    topic, number = event.token  # type: ignore[misc]
+                    topic, number = cast(tuple[str, int], event.token)
                     in_flight.discard((topic, number))
                     self.acked[topic].append(number)
 

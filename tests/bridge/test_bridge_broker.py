@@ -497,7 +497,10 @@ async def test_catch_up_respects_the_rate(
         assert sys_value(broker, "queued") == str(count)
         assert log.seen() == []
         proxy.down_until = trio.current_time()  # the uplink is back
-        upstream_records = lambda: sum(topic != checkpoints for _, topic, _ in log.seen())  # noqa: E731
+
+        def upstream_records() -> int:
+            return sum(topic != checkpoints for _, topic, _ in log.seen())
+
         await wait_until(lambda: upstream_records() >= count, "the backlog upstream", 20.0)
         await wait_until(lambda: sys_value(broker, "queued") == "0", "the outbox drained")
         await trio.sleep(0.3)

@@ -139,7 +139,7 @@ class MosquittoLog:
         )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.05, 0.5)
+        client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # paho's stubs say int; it sleeps floats
         self.client = client
 
     def _on_connect(self, client: paho_mqtt.Client, _u: object, _f: object, code: object, _p: object) -> None:
@@ -147,10 +147,10 @@ class MosquittoLog:
         self.connected.set()
 
     def _on_message(self, _c: paho_mqtt.Client, _u: object, message: paho_mqtt.MQTTMessage) -> None:
-        self.received.append((message.topic, message.payload))
+        self.received.append((message.topic, bytes(message.payload)))
 
     async def open(self) -> None:
-        properties = PahoProperties(PacketTypes.CONNECT)
+        properties = PahoProperties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", self.upstream.port, clean_start=False, properties=properties)
         self.client.loop_start()

@@ -56,7 +56,7 @@ class Server:
             self.client.receive_data(encode(packet, self.level))
 
     def events(self, now: float = 0.0) -> list[object]:
-        out = []
+        out: list[object] = []
         while (event := self.client.next_event(now)) is not None:
             out.append(event)
         return out
@@ -152,7 +152,8 @@ def test_send_window_follows_the_servers_receive_maximum() -> None:
     first = server.read()
     assert [p.payload for p in first if isinstance(p, Publish)] == [b"\x00", b"\x01"]
     assert server.read() == []
-    server.send(PubAck(first[0].packet_id))  # type: ignore[union-attr]
+    assert isinstance(first[0], Publish) and first[0].packet_id is not None
+    server.send(PubAck(first[0].packet_id))
     server.events()
     assert [p.payload for p in server.read() if isinstance(p, Publish)] == [b"\x02"]
 

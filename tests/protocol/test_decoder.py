@@ -239,7 +239,7 @@ def test_invalid_construction() -> None:
 
 def test_accepts_bytearray_and_memoryview() -> None:
     data = encode(Publish("t", b"x"), MQTT_5)
-    assert PacketDecoder(protocol_level=MQTT_5).receive_data(bytearray(data)) == [Publish("t", b"x")]
+    assert PacketDecoder(protocol_level=MQTT_5).receive_data(bytearray(data)) == [Publish("t", b"x")]  # type: ignore[arg-type]
     assert PacketDecoder(protocol_level=MQTT_5).receive_data(memoryview(data)) == [Publish("t", b"x")]  # type: ignore[arg-type]
 
 

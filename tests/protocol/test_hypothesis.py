@@ -323,7 +323,7 @@ def valid_streams(draw: st.DrawFn) -> tuple[tuple[Role, int | None], list[Packet
     known_level = draw(st.booleans())
     packets: list[Packet] = []
     if not known_level:
-        packets.append(draw(connects(level) if role == "server" else connacks(level)))
+        packets.append(draw(connects(level)) if role == "server" else draw(connacks(level)))
     packets += draw(st.lists(after_handshake(level, role), min_size=1, max_size=5))
     stream = b"".join(encode(packet, level) for packet in packets)
     return (role, level if known_level else None), packets, stream

@@ -210,7 +210,7 @@ def test_3_1_1_pingreq_and_disconnect_have_no_body(first: int) -> None:
 @pytest.mark.parametrize("first", [0xC0, 0xD0])
 def test_5_pingreq_and_pingresp_have_no_body(first: int) -> None:
     # §3.12.1 / §3.13.1: no variable header and no payload.
-    role = "server" if first == 0xC0 else "client"
+    role: Role = "server" if first == 0xC0 else "client"
     assert error_of(packet(first, "00"), role=role, level=MQTT_5).reason_code == MALFORMED
 
 
