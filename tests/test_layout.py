@@ -33,7 +33,6 @@ OVERSIZED: dict[str, int] = {
     "bridge/mqtt.py": 542,
     "core/server.py": 607,
     "bridge/jetstream.py": 673,
-    "protocol/decoder.py": 709,
     "core/client.py": 795,
 }
 
