@@ -6,55 +6,19 @@ the first packet is still incomplete (so a large packet arriving in pieces costs
 and once it is complete takes one bytes snapshot to decode from, so payloads are single-copy slices.
 The leftover is put back once per call. The first byte of a packet is judged by a 256-entry table
 per (role, protocol level), the size limit from the fixed header alone, and PUBLISH is decoded
-inline in the loop.
+inline in the loop. The bodies of the other packets are parsed in edgebus.protocol.bodies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import fields
 from typing import Literal
 
-from edgebus.protocol.enums import (
-    MQTT_3_1_1,
-    MQTT_5,
-    ConnectReturnCode,
-    PacketType,
-    ReasonCode,
-    RetainHandling,
-)
+from edgebus.protocol.bodies import BODY_DECODERS, decode_connack, decode_connect, read_protocol
+from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, PacketType, ReasonCode
 from edgebus.protocol.errors import ProtocolError, malformed, protocol_violation
-from edgebus.protocol.packets import (
-    NO_PROPERTIES,
-    Auth,
-    ConnAck,
-    Connect,
-    Disconnect,
-    Packet,
-    PingReq,
-    PingResp,
-    Properties,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
-    SubAck,
-    Subscribe,
-    Subscription,
-    UnsubAck,
-    Unsubscribe,
-    Will,
-)
-from edgebus.protocol.primitives import (
-    MAX_REMAINING_LENGTH,
-    Buffer,
-    decode_varint,
-    read_binary,
-    read_string,
-    read_u8,
-    read_u16,
-)
+from edgebus.protocol.packets import NO_PROPERTIES, ConnAck, Connect, Packet, Publish
+from edgebus.protocol.primitives import MAX_REMAINING_LENGTH, Buffer, decode_varint
 from edgebus.protocol.properties import read_properties
 
 Role = Literal["server", "client"]
@@ -62,6 +26,8 @@ Role = Literal["server", "client"]
 #: Largest packet the wire format can carry: one type byte, four length bytes, 268,435,455 more.
 MAX_PACKET_SIZE = 1 + 4 + MAX_REMAINING_LENGTH
 
+# The packet type sets stay compact, as in the spec's table.
+# fmt: off
 #: Packets a client may send, i.e. what the server role decodes (§2.1.2 Table 2-1, "Direction of flow").
 FROM_CLIENT = frozenset(
     {
@@ -78,77 +44,10 @@ FROM_SERVER = frozenset(
         PacketType.DISCONNECT, PacketType.AUTH,
     }
 )
+# fmt: on
 
 #: The flag nibble §2.1.3 Table 2-2 requires; PUBLISH (DUP, QoS, RETAIN) is checked on its own.
 REQUIRED_FLAGS = {PacketType.PUBREL: 0b0010, PacketType.SUBSCRIBE: 0b0010, PacketType.UNSUBSCRIBE: 0b0010}
-
-R = ReasonCode
-#: MQTT 5.0 reason codes each packet may carry (§3.2.2.2, §3.4.2.1, §3.5.2.1, §3.6.2.1, §3.7.2.1,
-#: §3.9.3, §3.11.3, §3.14.2.1, §3.15.2.1). Any other value is a Malformed Packet here.
-REASON_CODES: dict[PacketType, frozenset[int]] = {
-    PacketType.CONNACK: frozenset(
-        {
-            R.SUCCESS, R.UNSPECIFIED_ERROR, R.MALFORMED_PACKET, R.PROTOCOL_ERROR,
-            R.IMPLEMENTATION_SPECIFIC_ERROR, R.UNSUPPORTED_PROTOCOL_VERSION, R.CLIENT_IDENTIFIER_NOT_VALID,
-            R.BAD_USER_NAME_OR_PASSWORD, R.NOT_AUTHORIZED, R.SERVER_UNAVAILABLE, R.SERVER_BUSY, R.BANNED,
-            R.BAD_AUTHENTICATION_METHOD, R.TOPIC_NAME_INVALID, R.PACKET_TOO_LARGE, R.QUOTA_EXCEEDED,
-            R.PAYLOAD_FORMAT_INVALID, R.RETAIN_NOT_SUPPORTED, R.QOS_NOT_SUPPORTED, R.USE_ANOTHER_SERVER,
-            R.SERVER_MOVED, R.CONNECTION_RATE_EXCEEDED,
-        }
-    ),
-    PacketType.PUBACK: frozenset(
-        {
-            R.SUCCESS, R.NO_MATCHING_SUBSCRIBERS, R.UNSPECIFIED_ERROR, R.IMPLEMENTATION_SPECIFIC_ERROR,
-            R.NOT_AUTHORIZED, R.TOPIC_NAME_INVALID, R.PACKET_IDENTIFIER_IN_USE, R.QUOTA_EXCEEDED,
-            R.PAYLOAD_FORMAT_INVALID,
-        }
-    ),
-    PacketType.PUBREL: frozenset({R.SUCCESS, R.PACKET_IDENTIFIER_NOT_FOUND}),
-    PacketType.SUBACK: frozenset(
-        {
-            R.SUCCESS, R.GRANTED_QOS_1, R.GRANTED_QOS_2, R.UNSPECIFIED_ERROR, R.IMPLEMENTATION_SPECIFIC_ERROR,
-            R.NOT_AUTHORIZED, R.TOPIC_FILTER_INVALID, R.PACKET_IDENTIFIER_IN_USE, R.QUOTA_EXCEEDED,
-            R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-            R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
-        }
-    ),
-    PacketType.UNSUBACK: frozenset(
-        {
-            R.SUCCESS, R.NO_SUBSCRIPTION_EXISTED, R.UNSPECIFIED_ERROR, R.IMPLEMENTATION_SPECIFIC_ERROR,
-            R.NOT_AUTHORIZED, R.TOPIC_FILTER_INVALID, R.PACKET_IDENTIFIER_IN_USE,
-        }
-    ),
-    PacketType.DISCONNECT: frozenset(
-        {
-            R.SUCCESS, R.DISCONNECT_WITH_WILL_MESSAGE, R.UNSPECIFIED_ERROR, R.MALFORMED_PACKET,
-            R.PROTOCOL_ERROR, R.IMPLEMENTATION_SPECIFIC_ERROR, R.NOT_AUTHORIZED, R.SERVER_BUSY,
-            R.SERVER_SHUTTING_DOWN, R.KEEP_ALIVE_TIMEOUT, R.SESSION_TAKEN_OVER, R.TOPIC_FILTER_INVALID,
-            R.TOPIC_NAME_INVALID, R.RECEIVE_MAXIMUM_EXCEEDED, R.TOPIC_ALIAS_INVALID, R.PACKET_TOO_LARGE,
-            R.MESSAGE_RATE_TOO_HIGH, R.QUOTA_EXCEEDED, R.ADMINISTRATIVE_ACTION, R.PAYLOAD_FORMAT_INVALID,
-            R.RETAIN_NOT_SUPPORTED, R.QOS_NOT_SUPPORTED, R.USE_ANOTHER_SERVER, R.SERVER_MOVED,
-            R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, R.CONNECTION_RATE_EXCEEDED, R.MAXIMUM_CONNECT_TIME,
-            R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
-        }
-    ),
-    PacketType.AUTH: frozenset({R.SUCCESS, R.CONTINUE_AUTHENTICATION, R.RE_AUTHENTICATE}),
-}
-REASON_CODES[PacketType.PUBREC] = REASON_CODES[PacketType.PUBACK]  # §3.5.2.1 lists the PUBACK set
-REASON_CODES[PacketType.PUBCOMP] = REASON_CODES[PacketType.PUBREL]  # §3.7.2.1 lists the PUBREL set
-
-#: 3.1.1 SUBACK return codes: granted QoS 0-2 or 0x80 Failure [MQTT-3.9.3-2].
-SUBACK_RETURN_CODES_3_1_1 = frozenset({0x00, 0x01, 0x02, 0x80})
-
-_REASON_BY_VALUE: dict[int, ReasonCode] = {int(code): code for code in ReasonCode}
-_CONNECT_RETURN_BY_VALUE: dict[int, ConnectReturnCode] = {int(code): code for code in ConnectReturnCode}
-RETAIN_HANDLING_RESERVED = 3
-_RETAIN_HANDLING = (RetainHandling.SEND_ON_SUBSCRIBE, RetainHandling.SEND_IF_NEW_SUBSCRIPTION,
-                    RetainHandling.DO_NOT_SEND)
-_ACK_CLASSES: dict[int, type[PubAck | PubRec | PubRel | PubComp]] = {
-    PacketType.PUBACK: PubAck,
-    PacketType.PUBREC: PubRec,
-    PacketType.PUBREL: PubRel,
-    PacketType.PUBCOMP: PubComp,
-}
 
 # Frozen dataclasses set each field through object.__setattr__, which costs the hot path more than all
 # the parsing. The decoder fills a PUBLISH's slots through their member descriptors instead (the same
@@ -160,7 +59,6 @@ _set_topic, _set_payload, _set_qos, _set_retain, _set_dup, _set_packet_id, _set_
     getattr(Publish, name).__set__ for name in _PUBLISH_FIELDS
 )
 _PUBLISH = int(PacketType.PUBLISH)
-_PACKET_TYPES = {int(packet_type): packet_type for packet_type in PacketType}
 
 #: A first-byte verdict: None (fine) or the reason code and message of the error it means.
 FirstByteError = tuple[ReasonCode, str] | None
@@ -323,7 +221,7 @@ class PacketDecoder:
         max_size = self.max_packet_size
         v5 = self._protocol_level == MQTT_5
         server = self.role == "server"
-        decoders = _DECODERS
+        decoders = BODY_DECODERS
         append = packets.append
         fast_publish = _FAST_PUBLISH
         new_object = _new_object
@@ -356,11 +254,17 @@ class PacketDecoder:
             if end > n:
                 break
             if first >> 4 != _PUBLISH:
-                append(decoders[first >> 4](self, first, view, body, end))
                 if first < 0x30:
+                    # Type 1 CONNECT or 2 CONNACK (the first-byte table refused type 0).
+                    if first < 0x20:
+                        append(self._decode_connect(view, body, end))
+                    else:
+                        append(self._decode_connack(view, body, end))
                     # CONNECT / CONNACK set the protocol level: reload what depends on it.
                     first_byte_errors = self._first_byte_errors
                     v5 = self._protocol_level == MQTT_5
+                else:
+                    append(decoders[first >> 4](first, view, body, end, v5))
                 pos = end
                 continue
 
@@ -424,82 +328,20 @@ class PacketDecoder:
             pos = end
         return pos
 
-    # --- one decoder per packet type; each receives the first byte and the body view[body:end] ---
+    # --- CONNECT and CONNACK: they change the decoder's state; bodies.py parses them ---------------------
 
-    def _decode_reserved(self, first: int, view: bytes, body: int, end: int) -> Packet:
-        raise malformed(f"unexpected packet type {first >> 4}")  # unreachable: kept for the table
-
-    def _decode_connect(self, first: int, view: bytes, body: int, end: int) -> Connect:
+    def _decode_connect(self, view: bytes, body: int, end: int) -> Connect:
         if self._handshake_seen:
             raise protocol_violation("second CONNECT on one connection [MQTT-3.1.0-2]")
-        name, p = read_string(view, body, end)
-        level, p = read_u8(view, p, end)
-        if level not in (MQTT_3_1_1, MQTT_5):
-            if name in ("MQTT", "MQIsdp"):
-                # [MQTT-3.1.2-2]: the server answers CONNACK 0x01 (3.1.1) / 0x84 (5.0) and closes.
-                raise ProtocolError(
-                    ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-                    f"unsupported protocol level {level} ({name!r}) [MQTT-3.1.2-2]",
-                )
-            raise malformed(f"protocol name {name!r} is not 'MQTT' [MQTT-3.1.2-1]")
-        if name != "MQTT":
-            raise malformed(f"protocol name {name!r} is not 'MQTT' [MQTT-3.1.2-1]")
+        name, level, p = read_protocol(view, body, end)
         # Known from here on (only the server role gets a CONNECT), even if the rest of this CONNECT is
         # bad: a 5.0 client may then be told why in a CONNACK (§4.13.1).
         self.protocol_level = level
-        flags, p = read_u8(view, p, end)
-        if flags & 0x01:
-            raise malformed("CONNECT reserved flag is set [MQTT-3.1.2-3]")
-        will_flag = flags & 0x04
-        will_qos = (flags >> 3) & 3
-        will_retain = flags & 0x20
-        password_flag = flags & 0x40
-        username_flag = flags & 0x80
-        if not will_flag:
-            if will_qos:
-                # 5.0 [MQTT-3.1.2-11], 3.1.1 [MQTT-3.1.2-13]
-                raise malformed("Will QoS set without the Will Flag [MQTT-3.1.2-11]")
-            if will_retain:
-                # 5.0 [MQTT-3.1.2-13], 3.1.1 [MQTT-3.1.2-15]
-                raise malformed("Will Retain set without the Will Flag [MQTT-3.1.2-13]")
-        elif will_qos == 3:
-            # 5.0 [MQTT-3.1.2-12], 3.1.1 [MQTT-3.1.2-14]
-            raise malformed("Will QoS 3 [MQTT-3.1.2-12]")
-        if level == MQTT_3_1_1 and password_flag and not username_flag:
-            raise malformed("3.1.1 CONNECT with a password and no user name [MQTT-3.1.2-22]")
-        keep_alive, p = read_u16(view, p, end)
-        properties = NO_PROPERTIES
-        if level == MQTT_5:
-            properties, p = read_properties(view, p, end, PacketType.CONNECT)
-        client_id, p = read_string(view, p, end)
-        will = None
-        if will_flag:
-            will_properties = NO_PROPERTIES
-            if level == MQTT_5:
-                will_properties, p = read_properties(view, p, end, "will")
-            will_topic, p = read_string(view, p, end)
-            will_payload, p = read_binary(view, p, end)
-            will = Will(will_topic, will_payload, will_qos, will_retain != 0, will_properties)
-        username = password = None
-        if username_flag:
-            username, p = read_string(view, p, end)
-        if password_flag:
-            password, p = read_binary(view, p, end)
-        _expect_end(p, end, "CONNECT")
+        connect = decode_connect(view, p, end, name, level)
         self._handshake_seen = True
-        return Connect(
-            client_id=client_id,
-            protocol_level=level,
-            protocol_name=name,
-            clean_start=flags & 0x02 != 0,
-            keep_alive=keep_alive,
-            will=will,
-            username=username,
-            password=password,
-            properties=properties,
-        )
+        return connect
 
-    def _decode_connack(self, first: int, view: bytes, body: int, end: int) -> ConnAck:
+    def _decode_connack(self, view: bytes, body: int, end: int) -> ConnAck:
         if self._handshake_seen:
             raise protocol_violation("second CONNACK on one connection [MQTT-3.2.0-2]")
         level = self._protocol_level
@@ -507,166 +349,10 @@ class PacketDecoder:
             # Client role without a known level: a 3.1.1 CONNACK is exactly two bytes long, a 5.0 one
             # always carries a property length as well (§3.2.2.3.1).
             level = MQTT_3_1_1 if end - body == 2 else MQTT_5
-        flags, p = read_u8(view, body, end)
-        if flags & 0xFE:
-            raise malformed("CONNACK reserved acknowledge flags are set [MQTT-3.2.2-1]")
-        code, p = read_u8(view, p, end)
-        properties = NO_PROPERTIES
-        reason_code: int
-        if level == MQTT_5:
-            if code not in REASON_CODES[PacketType.CONNACK]:
-                raise malformed(f"CONNACK reason code 0x{code:02X} is not defined (§3.2.2.2)")
-            reason_code = _REASON_BY_VALUE[code]
-            properties, p = read_properties(view, p, end, PacketType.CONNACK)
-        else:
-            if code not in _CONNECT_RETURN_BY_VALUE:
-                raise malformed(f"CONNACK return code {code} is reserved (§3.2.2.3 of 3.1.1)")
-            reason_code = _CONNECT_RETURN_BY_VALUE[code]
-        _expect_end(p, end, "CONNACK")
+        connack = decode_connack(view, body, end, level)
         self._handshake_seen = True
         self.protocol_level = level
-        return ConnAck(flags == 1, reason_code, properties)
-
-    def _decode_ack(self, first: int, view: bytes, body: int, end: int) -> PubAck | PubRec | PubRel | PubComp:
-        packet_type = _PACKET_TYPES[first >> 4]
-        packet_id, p = read_u16(view, body, end)
-        if packet_id == 0:
-            # Acknowledges a PUBLISH / PUBREC, whose identifier is never 0 [MQTT-2.2.1-3].
-            raise protocol_violation(f"{packet_type.name} with packet identifier 0 [MQTT-2.2.1-3]")
-        cls = _ACK_CLASSES[packet_type]
-        if p == end:
-            # 3.1.1 always; 5.0 short form: Remaining Length 2 means Success, no properties (§3.4.2.1).
-            return cls(packet_id)
-        if self._protocol_level != MQTT_5:
-            raise malformed(f"3.1.1 {packet_type.name} with a Remaining Length other than 2")
-        code = view[p]
-        if code not in REASON_CODES[packet_type]:
-            raise malformed(f"{packet_type.name} reason code 0x{code:02X} is not defined (§3.4.2.1)")
-        properties = NO_PROPERTIES
-        p += 1
-        if p < end:
-            # A Remaining Length below 4 means no property length: properties are empty (§3.4.2.2.1).
-            properties, p = read_properties(view, p, end, packet_type)
-            _expect_end(p, end, packet_type.name)
-        return cls(packet_id, _REASON_BY_VALUE[code], properties)
-
-    def _decode_subscribe(self, first: int, view: bytes, body: int, end: int) -> Subscribe:
-        packet_id, p = read_u16(view, body, end)
-        if packet_id == 0:
-            raise protocol_violation("SUBSCRIBE with packet identifier 0 [MQTT-2.2.1-3]")
-        v5 = self._protocol_level == MQTT_5
-        properties = NO_PROPERTIES
-        if v5:
-            properties, p = read_properties(view, p, end, PacketType.SUBSCRIBE)
-        subscriptions: list[Subscription] = []
-        while p < end:
-            topic_filter, p = read_string(view, p, end)
-            options, p = read_u8(view, p, end)
-            qos = options & 0x03
-            if not v5:
-                if options & 0xFC or qos == 3:
-                    raise malformed(f"3.1.1 subscription options 0x{options:02X} [MQTT-3-8.3-4]")
-                subscriptions.append(Subscription(topic_filter, qos))
-                continue
-            if options & 0xC0:
-                raise malformed("reserved subscription option bits 6-7 set [MQTT-3.8.3-5]")
-            if qos == 3:
-                # 5.0 §3.8.3.1: "It is a Protocol Error if the Maximum QoS field has the value 3."
-                raise protocol_violation("subscription with Maximum QoS 3 (§3.8.3.1)")
-            retain_handling = (options >> 4) & 0x03
-            if retain_handling == RETAIN_HANDLING_RESERVED:
-                raise protocol_violation("subscription with Retain Handling 3 (§3.8.3.1)")
-            no_local, retain_as_published = options & 0x04 != 0, options & 0x08 != 0
-            handling = _RETAIN_HANDLING[retain_handling]
-            subscriptions.append(Subscription(topic_filter, qos, no_local, retain_as_published, handling))
-        if not subscriptions:
-            raise protocol_violation("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
-        return Subscribe(packet_id, tuple(subscriptions), properties)
-
-    def _decode_suback(self, first: int, view: bytes, body: int, end: int) -> SubAck:
-        packet_id, p = read_u16(view, body, end)
-        properties = NO_PROPERTIES
-        if self._protocol_level == MQTT_5:
-            properties, p = read_properties(view, p, end, PacketType.SUBACK)
-            allowed = REASON_CODES[PacketType.SUBACK]
-            codes: tuple[int, ...] = tuple(_REASON_BY_VALUE.get(code, code) for code in view[p:end])
-        else:
-            allowed = SUBACK_RETURN_CODES_3_1_1
-            codes = tuple(view[p:end])
-        for code in codes:
-            if code not in allowed:
-                # [MQTT-3.9.3-2] of 3.1.1; §3.9.3 of 5.0
-                raise malformed(f"SUBACK reason code 0x{code:02X} is not defined [MQTT-3.9.3-2]")
-        if not codes:
-            raise protocol_violation("SUBACK without a reason code (§3.9.3)")
-        return SubAck(packet_id, codes, properties)
-
-    def _decode_unsubscribe(self, first: int, view: bytes, body: int, end: int) -> Unsubscribe:
-        packet_id, p = read_u16(view, body, end)
-        if packet_id == 0:
-            raise protocol_violation("UNSUBSCRIBE with packet identifier 0 [MQTT-2.2.1-3]")
-        properties = NO_PROPERTIES
-        if self._protocol_level == MQTT_5:
-            properties, p = read_properties(view, p, end, PacketType.UNSUBSCRIBE)
-        topic_filters: list[str] = []
-        while p < end:
-            topic_filter, p = read_string(view, p, end)
-            topic_filters.append(topic_filter)
-        if not topic_filters:
-            raise protocol_violation("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
-        return Unsubscribe(packet_id, tuple(topic_filters), properties)
-
-    def _decode_unsuback(self, first: int, view: bytes, body: int, end: int) -> UnsubAck:
-        packet_id, p = read_u16(view, body, end)
-        if self._protocol_level != MQTT_5:
-            _expect_end(p, end, "3.1.1 UNSUBACK")  # no payload in 3.1.1 (§3.11.3 of 3.1.1)
-            return UnsubAck(packet_id)
-        properties, p = read_properties(view, p, end, PacketType.UNSUBACK)
-        allowed = REASON_CODES[PacketType.UNSUBACK]
-        codes: list[int] = []
-        for code in view[p:end]:
-            if code not in allowed:
-                raise malformed(f"UNSUBACK reason code 0x{code:02X} is not defined (§3.11.3)")
-            codes.append(_REASON_BY_VALUE[code])
-        if not codes:
-            raise protocol_violation("UNSUBACK without a reason code (§3.11.3)")
-        return UnsubAck(packet_id, tuple(codes), properties)
-
-    def _decode_ping(self, first: int, view: bytes, body: int, end: int) -> PingReq | PingResp:
-        _expect_end(body, end, "PINGREQ/PINGRESP")  # no variable header, no payload (§3.12, §3.13)
-        return PingReq() if first >> 4 == PacketType.PINGREQ else PingResp()
-
-    def _decode_disconnect(self, first: int, view: bytes, body: int, end: int) -> Disconnect:
-        if self._protocol_level != MQTT_5:
-            _expect_end(body, end, "3.1.1 DISCONNECT")  # no variable header (§3.14 of 3.1.1)
-            return Disconnect()
-        if body == end:
-            return Disconnect()  # Remaining Length 0: Normal disconnection, no properties (§3.14.2.1)
-        code = view[body]
-        if code not in REASON_CODES[PacketType.DISCONNECT]:
-            raise malformed(f"DISCONNECT reason code 0x{code:02X} is not defined (§3.14.2.1)")
-        properties: Properties = NO_PROPERTIES
-        if body + 1 < end:
-            # Remaining Length below 2: no property length (§3.14.2.2.1).
-            properties, p = read_properties(view, body + 1, end, PacketType.DISCONNECT)
-            _expect_end(p, end, "DISCONNECT")
-        return Disconnect(_REASON_BY_VALUE[code], properties)
-
-    def _decode_auth(self, first: int, view: bytes, body: int, end: int) -> Auth:
-        if body == end:
-            return Auth()  # Remaining Length 0: Success and no properties (§3.15.2.1)
-        code = view[body]
-        if code not in REASON_CODES[PacketType.AUTH]:
-            raise malformed(f"AUTH reason code 0x{code:02X} is not defined [MQTT-3.15.2-1]")
-        # Unlike DISCONNECT, AUTH has only the one short form: a reason code comes with a property length.
-        properties, p = read_properties(view, body + 1, end, PacketType.AUTH)
-        _expect_end(p, end, "AUTH")
-        return Auth(_REASON_BY_VALUE[code], properties)
-
-
-def _expect_end(pos: int, end: int, what: str) -> None:
-    if pos != end:
-        raise malformed(f"{what}: Remaining Length is longer than its contents")
+        return connack
 
 
 def _too_large(size: int, limit: int) -> ProtocolError:
@@ -679,31 +365,7 @@ __all__ = [
     "FROM_CLIENT",
     "FROM_SERVER",
     "MAX_PACKET_SIZE",
-    "REASON_CODES",
     "REQUIRED_FLAGS",
-    "SUBACK_RETURN_CODES_3_1_1",
     "PacketDecoder",
     "Role",
 ]
-
-
-# Body decoders by packet type (the high nibble of the first byte). A class-level table of plain
-# functions rather than a per-instance tuple of bound methods: that tuple cost ~1 KiB per connection.
-_DECODERS: tuple[Callable[[PacketDecoder, int, bytes, int, int], Packet], ...] = (
-    PacketDecoder._decode_reserved,  # 0 never gets here: the first-byte table rejects it
-    PacketDecoder._decode_connect,
-    PacketDecoder._decode_connack,
-    PacketDecoder._decode_reserved,  # PUBLISH is decoded inline in _decode_packets
-    PacketDecoder._decode_ack,
-    PacketDecoder._decode_ack,
-    PacketDecoder._decode_ack,
-    PacketDecoder._decode_ack,
-    PacketDecoder._decode_subscribe,
-    PacketDecoder._decode_suback,
-    PacketDecoder._decode_unsubscribe,
-    PacketDecoder._decode_unsuback,
-    PacketDecoder._decode_ping,
-    PacketDecoder._decode_ping,
-    PacketDecoder._decode_disconnect,
-    PacketDecoder._decode_auth,
-)

@@ -26,7 +26,8 @@ import trio
 from edgebus_fleet.proxy import ChaosProxy
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgebus.bridge.jetstream import CONTENT_TYPE_HEADER, RETAIN_HEADER, consumer_name
+from edgebus.bridge.jetstream_link import CONTENT_TYPE_HEADER, RETAIN_HEADER
+from edgebus.bridge.jetstream_subjects import consumer_name
 from edgebus.bridge.mqtt import checkpoint_topic
 from edgebus.bridge.runner import RATE_BURST_S, BridgeState
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, MESSAGE_ID_PROPERTY

@@ -20,14 +20,9 @@ import pytest
 import trio
 import trustme
 
-from edgebus.bridge.jetstream import (
-    CONTENT_TYPE_HEADER,
-    RETAIN_HEADER,
-    JetStreamSink,
-    consumer_name,
-    out_filters,
-    subject_matches,
-)
+from edgebus.bridge.jetstream import JetStreamSink
+from edgebus.bridge.jetstream_link import CONTENT_TYPE_HEADER, RETAIN_HEADER
+from edgebus.bridge.jetstream_subjects import consumer_name, out_filters, subject_matches
 from edgebus.bridge.rules import TopicMap, subject_to_topic, topic_to_subject
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, BridgeIdentity, InboundMessage, Record, SinkError
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress

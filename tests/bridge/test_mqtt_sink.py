@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import trio
 
-from edgebus.bridge.mqtt import MqttSink, MqttUplink, checkpoint_topic, packet_id_of
+from edgebus.bridge.mqtt import MqttSink, checkpoint_topic
+from edgebus.bridge.mqtt_uplink import MqttUplink, packet_id_of
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import MESSAGE_ID_PROPERTY, BridgeIdentity, InboundMessage, Record, SinkError
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress

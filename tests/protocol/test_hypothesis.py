@@ -46,7 +46,8 @@ from edgebus.protocol import (
     Will,
     encode,
 )
-from edgebus.protocol.decoder import REASON_CODES, SUBACK_RETURN_CODES_3_1_1, Role
+from edgebus.protocol.bodies import REASON_CODES, SUBACK_RETURN_CODES_3_1_1
+from edgebus.protocol.decoder import Role
 from edgebus.protocol.packets import NO_PROPERTIES
 from edgebus.protocol.primitives import MAX_REMAINING_LENGTH
 from edgebus.protocol.properties import NONZERO_PROPERTIES, PROPERTY_TABLE, PropertySpec, Where, WireType
