@@ -349,8 +349,9 @@ def drain_figures(run: GeneratorRun) -> dict[str, Any]:
         "queued_per_s": round(gen["queued_per_s"]),
         "queue_gen_cpu_pct": round(gen["queue_window"]["gen_cpu_pct"], 1),
         "drained": gen["drained"],
-        "drain_s": round(gen["drain_s"], 4),
-        "drain_per_s": round(gen["drain_per_s"]),
+        # No figure when nothing came back (the broker did not keep the session or its queue).
+        "drain_s": round(gen["drain_s"], 4) if gen["drained"] else None,
+        "drain_per_s": round(gen["drain_per_s"]) if gen["drained"] else None,
         "session_present": gen["session_present"],
         # What a queued message costs in all: stored while away, then delivered and deleted.
         "total_bytes_per_msg": per_message(total_io, "write_bytes", queued),
@@ -395,7 +396,10 @@ def idle_figures(run: GeneratorRun, idle_kib: int, idle_settled: bool,
         kib, step_settled = run.holds[f"connected-{count}"]
         settled = settled and step_settled
         figures[f"rss_{count}_kib"] = kib
-        figures[f"kib_per_conn_{count}"] = round((kib - baseline_kib) / count, 2)
+        figures[f"open_{count}"] = step["open"]
+        # Divided by the connections that were open (fewer than asked if some failed).
+        opened = step["open"]
+        figures[f"kib_per_conn_{count}"] = round((kib - baseline_kib) / opened, 2) if opened else None
         figures[f"connect_s_{count}"] = round(step["connect_s"], 2)
         figures["gen_cpu_pct"] = round(step["gen_cpu_pct"], 1)  # of the last step's connect phase
     figures |= {"connections": run.result["connections"], "settled": idle_settled and settled,

@@ -513,18 +513,19 @@ def comparison(row: Row, peer_outcome: dict[str, Any] | None, ref_outcome: dict[
         return None
     flagged = [(name, outcome["verdicts"]) for name, outcome in ((ref, ref_outcome), (peer, peer_outcome))
                if outcome.get("verdicts")]
-    if flagged:
-        reason = "; ".join(f"{SHORT_NAMES[name]} {' + '.join(v)}" for name, v in flagged)
-        return {"ratio": None, "status": None, "withheld": reason}
+    reason = "; ".join(f"{SHORT_NAMES[name]} {' + '.join(v)}" for name, v in flagged) or None
     value, reference = peer_outcome.get(row.key), ref_outcome.get(row.key)
-    if not isinstance(value, int | float):
-        return {"ratio": None, "status": None, "withheld": None}
-    ratio = value / reference if isinstance(reference, int | float) and reference else None
+    if not isinstance(value, int | float) or peer_outcome.get("verdicts"):
+        return {"ratio": None, "status": None, "withheld": reason}
+    ratio = None
+    if reason is None and isinstance(reference, int | float) and reference:
+        ratio = value / reference
     status = None
     if row.target is not None:
+        # An absolute target holds whatever the reference did; a ratio target needs a ratio.
         met = row.target.met(float(value), ratio)
         status = None if met is None else ("MET" if met else "MISSED")
-    return {"ratio": None if ratio is None else round(ratio, 3), "status": status, "withheld": None}
+    return {"ratio": None if ratio is None else round(ratio, 3), "status": status, "withheld": reason}
 
 
 def build_rows(results: dict[str, dict[str, Any]], peers: list[str],
@@ -573,7 +574,7 @@ def comparison_text(found: dict[str, Any] | None) -> str:
     if found is None:
         return ""
     if found["withheld"]:
-        return f"no ratio: {found['withheld']}"
+        return f"no ratio: {found['withheld']}" + (f"; {found['status']}" if found["status"] else "")
     text = "-" if found["ratio"] is None else f"{found['ratio']:.2f}x"
     return f"{text} {found['status']}" if found["status"] else text
 
@@ -641,6 +642,9 @@ def print_notes(results: dict[str, dict[str, Any]], peers: list[str]) -> None:
             if qos and outcome.get("audit_worst", {}).get("unacked"):
                 print(f"NOTE: {peer} {scenario}: {outcome['audit_worst']['unacked']:,} PUBLISHes still "
                       "unacknowledged at the end")
+            if scenario == "idle-rss" and outcome.get("connect_failures"):
+                print(f"NOTE: {peer} idle-rss: {outcome['connect_failures']:,} connections failed; the "
+                      "per-connection figures divide by the connections that were open")
             if scenario == "idle-rss" and not outcome.get("settled", True):
                 print(f"NOTE: {peer} idle-rss: RSS had not settled within the timeout")
             if scenario == "drain-q1" and outcome.get("session_present") is False:
@@ -658,14 +662,15 @@ def print_notes(results: dict[str, dict[str, Any]], peers: list[str]) -> None:
 
 PROGRESS_KEYS = ("msgs_per_s", "accepted_per_s", "deliveries_per_s", "p50_us", "p99_us", "ack_p50_us",
                  "ack_p99_us", "bytes_per_msg", "queued_per_s", "drain_s", "total_bytes_per_msg",
-                 "idle_rss_mb", "kib_per_conn_5000", "kib_per_conn_10000", "connections")
+                 "idle_rss_mb", "connections")
 
 
 def progress_line(scenario: str, peer: str, outcome: dict[str, Any]) -> str:
     if "error" in outcome:
         return f"[{scenario}] {peer}: ERROR {outcome['error']}"
     broker_cpu = outcome.get("broker_cpu_pct")
-    shown = ", ".join(f"{key}={outcome[key]}" for key in PROGRESS_KEYS if outcome.get(key) is not None)
+    keys = [*PROGRESS_KEYS, *(key for key in outcome if key.startswith("kib_per_conn_"))]
+    shown = ", ".join(f"{key}={outcome[key]}" for key in keys if outcome.get(key) is not None)
     return (f"[{scenario}] {peer}: gen CPU {outcome.get('gen_cpu_pct')}%, broker CPU "
             f"{'?' if broker_cpu is None else broker_cpu}% | {shown} | "
             f"audit {audit_text(scenario.split(' ')[0], outcome)} | {verdict_text(outcome)}")
