@@ -104,6 +104,10 @@ class ScenarioSettings:
     qos0_batch: int = 128  # QoS 0: PUBLISH packets per send(), each batch closed by a PINGREQ
     qos0_batches_ahead: int = 8  # ... and batches not yet answered by PINGRESP, per publisher
     fanout_batch: int = 64  # fan-out: each message becomes 100 deliveries, so keep fewer ahead
+    # QoS 0 subscribers wake up once this many bytes are queued (SO_RCVLOWAT) while messages flow: a
+    # broker that sends every delivery on its own would otherwise cost the generator a wake-up each.
+    fanin_rcvlowat: int = 16384
+    fanout_rcvlowat: int = 4096
     latency_rate_per_s: float = 2000.0
     latency_duration_s: float = 10.0
     latency_max_inflight: int = 1000
@@ -131,14 +135,14 @@ def generator_options(scenario: str, host: str, port: int, settings: ScenarioSet
               "--quiet", str(s.quiet_s), "--topic", f"bench/{scenario}", "--prefix", f"bench-{scenario}"]
     fanin = ["--mode", "flow", "--publishers", str(s.publishers), "--subscribers", "1",
              "--window", str(s.window), "--batch", str(s.qos0_batch),
-             "--batches-ahead", str(s.qos0_batches_ahead)]
+             "--batches-ahead", str(s.qos0_batches_ahead), "--rcvlowat", str(s.fanin_rcvlowat)]
     options: dict[str, list[str]] = {
         "fanin-q0": [*fanin, "--qos", "0"],
         "fanin-q1": [*fanin, "--qos", "1"],
         "fanin-q2": [*fanin, "--qos", "2"],
         "fanout-q0": ["--mode", "flow", "--qos", "0", "--publishers", "1",
                       "--subscribers", str(s.fanout_subscribers), "--batch", str(s.fanout_batch),
-                      "--batches-ahead", str(s.qos0_batches_ahead)],
+                      "--batches-ahead", str(s.qos0_batches_ahead), "--rcvlowat", str(s.fanout_rcvlowat)],
         # --duration comes last and wins over the common one.
         "latency-q1": ["--mode", "flow", "--qos", "1", "--publishers", "1", "--subscribers", "1",
                        "--rate", str(s.latency_rate_per_s), "--window", str(s.latency_max_inflight),

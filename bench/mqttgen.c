@@ -385,6 +385,7 @@ struct options {
     int batch;               /* QoS 0: PUBLISH packets per batch (one PINGREQ after each) */
     int batches_ahead;       /* QoS 0: batches per publisher not yet answered by a PINGRESP */
     double rate;             /* messages/s per publisher, paced; 0: as fast as the window allows */
+    int rcvlowat;            /* QoS 0 subscribers: bytes queued before epoll reports them readable */
     double warmup_s, duration_s, grace_s, quiet_s;
     bool persistent;         /* subscribers use clean session 0 */
     long messages;           /* drain: messages queued for the offline subscriber */
@@ -408,6 +409,7 @@ static void usage(FILE *out)
           "  --batch N           QoS 0 PUBLISH packets per send, then a PINGREQ (128)\n"
           "  --batches-ahead N   QoS 0 batches not yet answered by PINGRESP, per publisher (8)\n"
           "  --rate R            paced messages/s per publisher (0: as fast as the window allows)\n"
+          "  --rcvlowat BYTES    QoS 0 subscribers wake up for this much data while publishing (1)\n"
           "  --warmup S --duration S --grace S --quiet S   phase lengths (1, 10, 10, 0.5)\n"
           "  --persistent        subscribers use clean session 0\n"
           "  --messages N        drain: messages queued for the offline subscriber (10000)\n"
@@ -438,7 +440,7 @@ static struct options parse_options(int argc, char **argv)
 {
     struct options o = {
         .mode = MODE_FLOW, .host = "127.0.0.1", .port = 0, .qos = -1, .publishers = 4, .subscribers = 1,
-        .payload = 64, .window = 20, .batch = 128, .batches_ahead = 8, .rate = 0, .warmup_s = 1,
+        .payload = 64, .window = 20, .batch = 128, .batches_ahead = 8, .rate = 0, .rcvlowat = 1, .warmup_s = 1,
         .duration_s = 10, .grace_s = 10, .quiet_s = 0.5, .persistent = false, .messages = 10000,
         .steps = {5000}, .nsteps = 1, .warmup_clients = 10, .concurrency = 200, .keepalive_s = -1,
         .topic = "bench/load", .prefix = "bench",
@@ -450,6 +452,7 @@ static struct options parse_options(int argc, char **argv)
         {"payload", required_argument, 0, 'l'}, {"window", required_argument, 0, 'w'},
         {"batch", required_argument, 0, 'b'}, {"batches-ahead", required_argument, 0, 'a'},
         {"rate", required_argument, 0, 'r'}, {"warmup", required_argument, 0, 'W'},
+        {"rcvlowat", required_argument, 0, 'L'},
         {"duration", required_argument, 0, 'd'}, {"grace", required_argument, 0, 'g'},
         {"quiet", required_argument, 0, 'Q'}, {"persistent", no_argument, 0, 'k'},
         {"messages", required_argument, 0, 'n'}, {"connections", required_argument, 0, 'c'},
@@ -477,6 +480,7 @@ static struct options parse_options(int argc, char **argv)
         case 'b': o.batch = atoi(optarg); break;
         case 'a': o.batches_ahead = atoi(optarg); break;
         case 'r': o.rate = atof(optarg); break;
+        case 'L': o.rcvlowat = atoi(optarg); break;
         case 'W': o.warmup_s = atof(optarg); break;
         case 'd': o.duration_s = atof(optarg); break;
         case 'g': o.grace_s = atof(optarg); break;
@@ -500,7 +504,7 @@ static struct options parse_options(int argc, char **argv)
         o.keepalive_s = o.mode == MODE_IDLE ? 600 : 60;
     bool bad = optind != argc || o.qos > 2 || o.publishers < 1 || o.subscribers < 1 || o.window < 1
                || o.window > 60000 || o.batch < 1 || o.batches_ahead < 1 || o.payload < HEADER_BYTES
-               || o.concurrency < 1 || o.rate < 0 || o.messages < 1 || o.keepalive_s > 65535
+               || o.concurrency < 1 || o.rate < 0 || o.rcvlowat < 1 || o.messages < 1 || o.keepalive_s > 65535
                || (o.mode == MODE_DRAIN && o.qos == 0);
     if (o.mode != MODE_SELF_TEST && (o.port <= 0 || o.port > 65535))
         bad = true;
@@ -826,6 +830,25 @@ static void on_connect_finished(struct conn *c)
 }
 
 static void idle_top_up(void);
+
+static void set_rcvlowat(struct conn *c, int bytes)
+{
+    if (c->state != ST_CLOSED && setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) < 0)
+        die("setsockopt SO_RCVLOWAT");
+}
+
+/* A QoS 0 subscriber owes the broker nothing, so while messages flow it may wait for `rcvlowat` bytes
+ * before epoll wakes it: a broker that writes every delivery with its own send() then costs the
+ * generator one wake-up and one recv() per few KiB, not per packet. (QoS 1/2 subscribers must answer
+ * at once: the broker's in-flight window waits for their acknowledgements.) */
+static void subscribers_batch_reads(bool batch)
+{
+    if (G.opt.qos != 0 || G.opt.rcvlowat <= 1)
+        return;
+    for (size_t i = 0; i < G.nsubs; i++)
+        if (G.subs[i].conn)
+            set_rcvlowat(G.subs[i].conn, batch ? G.opt.rcvlowat : 1);
+}
 
 static void conn_ready(struct conn *c)
 {
@@ -1499,6 +1522,7 @@ static int run_flow(void)
     make_clients((size_t)G.opt.publishers, (size_t)G.opt.subscribers, 0);
     if (!connect_subscribers(true) || !connect_publishers())
         return fail_setup("flow");
+    subscribers_batch_reads(true);
     start_publishing();
     run_until(NULL, after_s(G.opt.warmup_s));
 
@@ -1512,6 +1536,8 @@ static int run_flow(void)
     mark("window-end");
 
     G.publishing = false;
+    /* Back to waking up for every byte: the last messages must not wait for more that never come. */
+    subscribers_batch_reads(false);
     uint64_t paced_sent_in_window = w.sent;
     bool complete = settle(G.opt.qos ? G.opt.grace_s : G.opt.quiet_s);
     close_all();
