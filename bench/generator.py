@@ -213,12 +213,12 @@ def run_generator(binary: Path, options: list[str], probe: BrokerProbe | None, *
         assert proc.stdout is not None and proc.stdin is not None
         deadline = time.monotonic() + timeout_s
         pending = b""
-        with selectors.DefaultSelector() as selector:
+        with contextlib.ExitStack() as on_error, selectors.DefaultSelector() as selector:
+            on_error.callback(proc.kill)  # Ctrl-C or an error here: the generator stops at once
             selector.register(proc.stdout, selectors.EVENT_READ)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
-                    proc.kill()
                     raise GeneratorError(f"mqttgen did not finish within {timeout_s:.0f} s "
                                          f"({' '.join(options)})")
                 chunk = os.read(proc.stdout.fileno(), 65536)
@@ -236,6 +236,7 @@ def run_generator(binary: Path, options: list[str], probe: BrokerProbe | None, *
                         proc.stdin.flush()
                     elif verb == "result":
                         result = json.loads(rest)
+            on_error.pop_all()
         code = proc.wait()
         errors.seek(0)
         stderr = errors.read().decode(errors="replace").strip()

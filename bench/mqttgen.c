@@ -1304,15 +1304,15 @@ static bool idle_and_delivered(void) { return publishers_idle() && all_delivered
 static bool settle(double quiet_s)
 {
     uint64_t deadline = after_s(G.opt.grace_s);
-    if (run_until(idle_and_delivered, deadline))
-        return true;
-    /* Not everything yet: keep waiting while deliveries still come in. */
     for (;;) {
         uint64_t before = total_received();
         uint64_t quiet_end = after_s(quiet_s);
         if (run_until(idle_and_delivered, quiet_end < deadline ? quiet_end : deadline))
             return true;
-        if (now_ns() >= deadline || total_received() == before)
+        if (now_ns() >= deadline)
+            return false;
+        /* Nothing in flight and nothing arrived for `quiet_s`: the rest is not coming. */
+        if (total_received() == before && publishers_idle())
             return false;
     }
 }

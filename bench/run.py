@@ -605,14 +605,15 @@ def print_table(records: list[dict[str, Any]], peers: list[str], out: TextIO = s
         print("  ".join(cells).rstrip(), file=out)
 
 
+# The first key found in a verdict explains it ("CONNECTION" before "CONNECT").
 VERDICT_EXPLANATIONS = {
     "GENERATOR-BOUND": "the load generator used more than {limit:.0f}% of its core ({cpu}%), so it may have "
                        "held the broker back: the figure is a lower bound",
     "LOST": "messages the broker acknowledged (PUBACK / PUBCOMP) never reached the subscriber",
     "DUPLICATED": "QoS 2 messages were delivered more than once",
-    "CONNECTION": "connections failed or were closed during the run",
-    "CONNECT": "connections could not be set up",
-    "RATE": "the paced publisher did not reach its rate",
+    "CONNECTION ERRORS": "protocol errors, or connections the broker closed during the run",
+    "CONNECT FAILURES": "connections could not be set up",
+    "RATE MISSED": "the paced publisher did not reach its rate",
     "ERROR": "the scenario did not complete",
 }
 
@@ -622,10 +623,9 @@ def print_notes(results: dict[str, dict[str, Any]], peers: list[str]) -> None:
     for peer in peers:
         for scenario, outcome in results.get(peer, {}).items():
             for verdict in outcome.get("verdicts") or []:
-                word = verdict.split()[0].split("-")[0] if not verdict.startswith("GENERATOR") else (
-                    "GENERATOR-BOUND")
-                explanation = VERDICT_EXPLANATIONS.get(word, "").format(
-                    limit=generator.GENERATOR_CPU_LIMIT_PCT, cpu=outcome.get("gen_cpu_pct"))
+                key = next((key for key in VERDICT_EXPLANATIONS if key in verdict), "ERROR")
+                explanation = VERDICT_EXPLANATIONS[key].format(limit=generator.GENERATOR_CPU_LIMIT_PCT,
+                                                               cpu=outcome.get("gen_cpu_pct"))
                 print(f"VERDICT {peer} {scenario}: {verdict}: {explanation}; no ratio")
             if "error" in outcome:
                 print(f"NOTE: {peer} {scenario}: {outcome['error']}")
