@@ -49,7 +49,7 @@ class GeneratorError(Exception):
 def find_compiler() -> str | None:
     """$CC if set, else the first of cc, gcc, clang on PATH."""
     if os.environ.get("CC"):
-        return shutil.which(os.environ["CC"]) or os.environ["CC"]
+        return shutil.which(os.environ["CC"])
     for name in COMPILERS:
         path = shutil.which(name)
         if path:
@@ -76,7 +76,10 @@ def build(build_dir: Path = BUILD_DIR, *, force: bool = False) -> Path:
         partial = Path(tmp.name)
     try:
         command = [compiler, *CFLAGS, "-o", str(partial), str(SOURCE)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise GeneratorError(f"cannot run the C compiler {compiler}: {exc}") from exc
         if done.returncode != 0:
             raise GeneratorError(f"{' '.join(command)} failed:\n{done.stderr.strip()}")
         os.replace(partial, binary)
