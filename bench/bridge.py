@@ -30,7 +30,7 @@ import nats
 import nats.js.api
 from nats.aio.client import Client as NatsClient
 
-from bench import loadgen
+from bench import aioclient
 from bench.run import (
     BROKER_CORE,
     DEFAULT_WORK_ROOT,
@@ -42,6 +42,8 @@ from bench.run import (
     filesystem_of,
     free_port,
     machine_info,
+    pin_to_core,
+    raise_nofile_limit,
 )
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "bridge.json"
@@ -299,12 +301,12 @@ def payload_of(number: int, size: int) -> bytes:
     return str(number).zfill(NUMBER_DIGITS).encode().ljust(size, b"x")
 
 
-class DevicePublisher(loadgen.MqttClient):
+class DevicePublisher(aioclient.MqttClient):
     """Publishes messages 1..count on one topic at QoS 1, ``window`` in flight, until every PUBACK came."""
 
     def __init__(self, client_id: str, topic: str, count: int, window: int, payload_size: int) -> None:
         super().__init__(client_id, clean_session=True, keepalive_s=60)
-        self.layout = loadgen.PublishLayout(topic, 1, payload_size)
+        self.layout = aioclient.PublishLayout(topic, 1, payload_size)
         self.count = count
         self.window = window
         self.payload_size = payload_size
@@ -320,13 +322,13 @@ class DevicePublisher(loadgen.MqttClient):
         packets = []
         while self.sent < self.count and self.sent - self.acked < self.window:
             self.sent += 1
-            packet_id = (self.sent - 1) % loadgen.MAX_PACKET_ID + 1
+            packet_id = (self.sent - 1) % aioclient.MAX_PACKET_ID + 1
             packets.append(self.layout.packet(packet_id, payload_of(self.sent, self.payload_size)))
         if packets:
             self.transport.write(b"".join(packets))
 
     def _on_packet(self, first: int, data: bytes, start: int, end: int, out: list[bytes]) -> None:
-        if first >> 4 == loadgen.TYPE_PUBACK:
+        if first >> 4 == aioclient.TYPE_PUBACK:
             self.acked += 1
             if self.acked == self.count and not self.done.done():
                 self.done.set_result(None)
@@ -344,7 +346,7 @@ class DevicePublisher(loadgen.MqttClient):
             self.done.exception()
 
 
-class LogSubscriber(loadgen.MqttClient):
+class LogSubscriber(aioclient.MqttClient):
     """The Mosquitto log: a persistent QoS 2 subscriber that records every PUBLISH with its arrival time."""
 
     def __init__(self, client_id: str, expected: int) -> None:
@@ -355,18 +357,18 @@ class LogSubscriber(loadgen.MqttClient):
 
     def _on_packet(self, first: int, data: bytes, start: int, end: int, out: list[bytes]) -> None:
         packet_type = first >> 4
-        if packet_type == loadgen.TYPE_PUBLISH:
+        if packet_type == aioclient.TYPE_PUBLISH:
             qos = (first >> 1) & 0x03
             topic_end = start + 2 + int.from_bytes(data[start : start + 2], "big")
             payload_start = topic_end + (2 if qos else 0)
             self.arrivals.append((time.monotonic(), data[start + 2 : topic_end], data[payload_start:end]))
             packet_id = data[topic_end:payload_start]
             if qos == 1:
-                out.append(loadgen.PUBACK_HEADER + packet_id)
+                out.append(aioclient.PUBACK_HEADER + packet_id)
             elif qos == 2:
-                out.append(loadgen.PUBREC_HEADER + packet_id)
-        elif packet_type == loadgen.TYPE_PUBREL:
-            out.append(loadgen.PUBCOMP_HEADER + data[start : start + 2])
+                out.append(aioclient.PUBREC_HEADER + packet_id)
+        elif packet_type == aioclient.TYPE_PUBREL:
+            out.append(aioclient.PUBCOMP_HEADER + data[start : start + 2])
         else:
             super()._on_packet(first, data, start, end, out)
 
@@ -376,7 +378,7 @@ class LogSubscriber(loadgen.MqttClient):
 
 
 async def open_log_subscriber(port: int, settings: Settings) -> LogSubscriber:
-    return await loadgen.open_client(HOST, port, LogSubscriber("cloud-log", settings.messages))
+    return await aioclient.open_client(HOST, port, LogSubscriber("cloud-log", settings.messages))
 
 
 async def publish_outage(port: int, settings: Settings) -> float:
@@ -387,7 +389,7 @@ async def publish_outage(port: int, settings: Settings) -> float:
         for index, (topic, count) in enumerate(expected_counts(settings.messages).items())]
     started = time.monotonic()
     for publisher in publishers:
-        await loadgen.open_client(HOST, port, publisher)
+        await aioclient.open_client(HOST, port, publisher)
     for publisher in publishers:
         publisher.top_up()
     try:
@@ -396,7 +398,7 @@ async def publish_outage(port: int, settings: Settings) -> float:
         acked = sum(p.acked for p in publishers)
         raise RunError(f"only {acked} of {settings.messages} PUBACKs in {PUBLISH_TIMEOUT_S:.0f} s") from None
     elapsed = time.monotonic() - started
-    await loadgen.close_all(list(publishers))
+    await aioclient.close_all(list(publishers))
     return elapsed
 
 
@@ -878,8 +880,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings: Settings = args.settings
-    loadgen.raise_nofile_limit()
-    pinned = len(os.sched_getaffinity(0)) >= 2 and loadgen.pin_to_core(LOADGEN_CORE)
+    raise_nofile_limit()
+    pinned = len(os.sched_getaffinity(0)) >= 2 and pin_to_core(LOADGEN_CORE)
     cores = (BROKER_CORE, LOADGEN_CORE) if pinned else (None, None)
     print(f"pinning: gateway -> core {BROKER_CORE}, upstream and harness -> core {LOADGEN_CORE}" if pinned
           else "pinning: disabled (fewer than 2 usable cores)")

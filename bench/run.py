@@ -1,4 +1,5 @@
-"""Benchmark driver: starts each broker under test, runs the load scenarios and compares them to Mosquitto."""
+"""Benchmark driver: starts each broker under test, drives it with the C load generator (bench/mqttgen.c),
+judges every run and compares the brokers to Mosquitto."""
 
 from __future__ import annotations
 
@@ -18,21 +19,22 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
-from bench import loadgen
+from bench import generator
+from bench.generator import SCENARIO_NAMES, GeneratorError, ScenarioSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "latest.json"
 HOST = "127.0.0.1"
 BROKER_CORE = 0
-LOADGEN_CORE = 1
+LOADGEN_CORE = 1  # the load generator's core (the driver pins itself there; the generator inherits it)
 BROKER_START_TIMEOUT_S = 20.0
 BROKER_STOP_TIMEOUT_S = 5.0
-LOADGEN_CPU_WARNING_PCT = 90.0
 # Outgoing QoS 1/2 messages in flight per client: edgebus's default `mqtt.max_inflight`, given to Mosquitto
 # (whose default is 20) so that both deliver to the subscriber under the same flow-control window.
 INFLIGHT_WINDOW = 100
@@ -44,15 +46,18 @@ DEFAULT_WORK_ROOT = Path("/var/tmp")
 # File systems where write_bytes says nothing about the disk (memory-backed, or FUSE/overlay layers).
 NON_DISK_FILESYSTEMS = ("tmpfs", "ramfs", "overlay", "fuse", "9p", "nfs", "squashfs")
 # edgebus settings for one scenario on top of the default (or --edgebus-config) configuration: in
-# durable-q1-offline the whole offline queue must fit, as in Mosquitto (max_queued_messages).
+# drain-q1 the whole offline queue must fit, as in Mosquitto (max_queued_messages).
 EDGEBUS_SCENARIO_CONFIG: dict[str, dict[str, dict[str, Any]]] = {
-    "durable-q1-offline": {"queue": {"max_messages": MAX_QUEUED_MESSAGES}},
+    "drain-q1": {"queue": {"max_messages": MAX_QUEUED_MESSAGES}},
 }
-PEER_NAMES = ("mosquitto", "edgebus", "amqtt")
+PEER_NAMES = ("mosquitto", "mosquitto-persist", "edgebus", "amqtt")
 REFERENCE_PEER = "mosquitto"
+# Peers that only make sense in some scenarios (the others are skipped for them).
+PEER_SCENARIOS: dict[str, tuple[str, ...]] = {"mosquitto-persist": ("durable-q1", "drain-q1")}
+# (peer, reference) pairs that get a ratio column, where both were run.
+COMPARISONS = (("edgebus", "mosquitto"), ("amqtt", "mosquitto"), ("edgebus", "mosquitto-persist"))
+SHORT_NAMES = {"mosquitto": "mosq", "mosquitto-persist": "mosq-p", "edgebus": "edgebus", "amqtt": "amqtt"}
 PR_SET_PDEATHSIG = 1
-
-
 class BrokerStartError(Exception):
     """The broker process exited or never accepted a connection."""
 
@@ -167,7 +172,7 @@ class BrokerProcess:
                 self._tmp.cleanup()
                 self._tmp = None
 
-    # loadgen.BrokerProbe
+    # generator.BrokerProbe
     def rss_kib(self) -> int:
         if self.proc is None:
             raise OSError("broker not running")
@@ -213,7 +218,10 @@ class MosquittoBroker(BrokerProcess):
         super().__init__(core=core, work_root=work_root)
         self.executable = executable or shutil.which("mosquitto") or self.DEFAULT_EXECUTABLE
 
-    def config_text(self, port: int) -> str:
+    def persistence_settings(self, workdir: Path) -> list[str]:
+        return ["persistence false"]  # the default: in memory only
+
+    def config_text(self, port: int, workdir: Path) -> str:
         # Started as root, mosquitto switches to the `mosquitto` user, and a uid change clears the
         # parent-death signal set in _broker_preexec; staying root keeps that safety net.
         run_as = ["user root"] if os.geteuid() == 0 else []
@@ -221,7 +229,7 @@ class MosquittoBroker(BrokerProcess):
             *run_as,
             f"listener {port} {HOST}",
             "allow_anonymous true",
-            "persistence false",
+            *self.persistence_settings(workdir),
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             f"max_inflight_messages {INFLIGHT_WINDOW}",
             "max_connections -1",
@@ -236,7 +244,7 @@ class MosquittoBroker(BrokerProcess):
 
     def command(self, port: int, workdir: Path) -> list[str]:
         config = workdir / "mosquitto.conf"
-        config.write_text(self.config_text(port))
+        config.write_text(self.config_text(port, workdir))
         return [self.executable, "-c", str(config)]
 
     def version(self) -> str:
@@ -247,6 +255,16 @@ class MosquittoBroker(BrokerProcess):
             return "?"
         first = (out.stdout or out.stderr).strip().splitlines()
         return first[0] if first else "?"
+
+
+class MosquittoPersistentBroker(MosquittoBroker):
+    """Mosquitto saving its in-memory state (sessions, queued messages) to disk every second: the closest
+    it comes to durability. It still acknowledges before anything is on disk."""
+
+    name = "mosquitto-persist"
+
+    def persistence_settings(self, workdir: Path) -> list[str]:
+        return ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
 
 
 def toml_value(value: Any) -> str:
@@ -364,7 +382,35 @@ class AmqttBroker(BrokerProcess):
 
 
 BROKERS: dict[str, type[BrokerProcess]] = {
-    "mosquitto": MosquittoBroker, "edgebus": EdgebusBroker, "amqtt": AmqttBroker}
+    "mosquitto": MosquittoBroker, "mosquitto-persist": MosquittoPersistentBroker, "edgebus": EdgebusBroker,
+    "amqtt": AmqttBroker}
+
+
+
+
+# --------------------------------------------------------------------------------------------- process setup
+
+
+def pin_to_core(core: int) -> bool:
+    """Pin the calling process to one core if the machine has it; return whether it did."""
+    if not hasattr(os, "sched_setaffinity") or core not in os.sched_getaffinity(0):
+        return False
+    os.sched_setaffinity(0, {core})
+    return True
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def runs_scenario(peer: str, scenario: str) -> bool:
+    return scenario in PEER_SCENARIOS.get(peer, SCENARIO_NAMES)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -398,191 +444,242 @@ class Row:
     scenario: str
     key: str
     label: str
-    style: str  # "count" | "ms" | "kib"
+    style: str  # "count" | "us" | "kib" | "mb" | "s" | "text"
     target: Target | None = None
 
 
-ROWS = (
-    Row("fanin-q0", "msgs_per_s", "msg/s", "count", Target("ratio_min", 1.0)),
-    Row("fanin-q0", "lost", "lost msgs", "count"),
-    Row("fanin-q1", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
-    Row("fanin-q1", "lost", "lost msgs", "count"),
-    Row("fanin-q2", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
-    Row("fanin-q2", "lost", "lost msgs", "count"),
-    Row("fanout-q0", "deliveries_per_s", "deliveries/s", "count", Target("ratio_min", 1.0)),
-    Row("fanout-q0", "lost", "lost deliv.", "count"),
-    Row("latency-q1", "p50_ms", "p50 ms", "ms"),
-    Row("latency-q1", "p99_ms", "p99 ms", "ms", Target("ratio_max", 2.0)),
-    Row("latency-q1", "max_ms", "max ms", "ms"),
-    Row("idle-rss", "kib_per_conn", "KiB/conn", "kib", Target("abs_max", 8.0, "KiB")),
-    Row("durable-q1", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
-    Row("durable-q1", "ack_p50_ms", "ack p50 ms", "ms"),
-    Row("durable-q1", "ack_p99_ms", "ack p99 ms", "ms"),
-    Row("durable-q1", "bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
-    Row("durable-q1", "lost", "lost msgs", "count"),
-    Row("durable-q1-offline", "accepted_per_s", "queued msg/s", "count"),
-    Row("durable-q1-offline", "ack_p99_ms", "ack p99 ms", "ms"),
-    Row("durable-q1-offline", "drain_per_s", "drain msg/s", "count"),
-    Row("durable-q1-offline", "total_bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
-    Row("durable-q1-offline", "lost", "lost msgs", "count"),
-)
+def table_rows(settings: ScenarioSettings) -> list[Row]:
+    """The figures of the table; bench/README.md says what each one measures."""
+    per_conn = [Row("idle-rss", f"kib_per_conn_{count}", f"KiB/conn @{count:,}", "kib",
+                    Target("abs_max", 8.0, "KiB")) for count in settings.idle_steps]
+    return [
+        Row("fanin-q0", "msgs_per_s", "msg/s", "count", Target("ratio_min", 1.0)),
+        Row("fanin-q1", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
+        Row("fanin-q2", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
+        Row("fanout-q0", "deliveries_per_s", "deliveries/s", "count", Target("ratio_min", 1.0)),
+        Row("latency-q1", "p50_us", "p50 us", "us"),
+        Row("latency-q1", "p99_us", "p99 us", "us", Target("ratio_max", 2.0)),
+        Row("idle-rss", "idle_rss_mb", "RSS, no client MB", "mb"),
+        *per_conn,
+        Row("drain-q1", "drain_s", f"drain s ({settings.drain_messages:,})", "s"),
+        Row("drain-q1", "queued_per_s", "queued msg/s", "count"),
+        Row("drain-q1", "total_bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
+        Row("durable-q1", "msgs_per_s", "msg/s", "count", Target("ratio_min", 0.5)),
+        Row("durable-q1", "ack_p50_us", "ack p50 us", "us"),
+        Row("durable-q1", "ack_p99_us", "ack p99 us", "us"),
+        Row("durable-q1", "bytes_per_msg", "disk B/msg", "count", Target("abs_max", 1024, "B")),
+    ]
 
 
 def format_value(value: Any, style: str) -> str:
     if value is None:
         return "-"
-    if isinstance(value, str):
-        return value
-    if style == "count":
+    if isinstance(value, str) or style == "text":
+        return str(value)
+    if style in ("count", "us"):
         return f"{round(value):,}"
-    if style == "ms":
-        return f"{value:.2f}"
+    if style == "s":
+        return f"{value:.3f}"
     return f"{value:.1f}"
 
 
-def cell(results: dict[str, dict[str, Any]], peer: str, row: Row) -> Any:
-    """The row's value for a peer, or a short reason why there is none."""
-    outcome = results.get(peer, {}).get(row.scenario)
-    if outcome is None:
+def audit_text(scenario: str, outcome: dict[str, Any]) -> str:
+    """lost/duplicated/reordered of the worst run (for QoS 1/2, lost = acknowledged and never delivered);
+    idle-rss: the connections that were open."""
+    if scenario == "idle-rss":
+        return f"{outcome.get('connections', 0):,} conn"
+    worst = outcome.get("audit_worst", outcome)
+    lost = worst.get("lost_acked" if generator.QOS_OF[scenario] else "lost", 0)
+    return f"{lost:,}/{worst.get('duplicated', 0):,}/{worst.get('reordered', 0):,}"
+
+
+def verdict_text(outcome: dict[str, Any]) -> str:
+    return "; ".join(outcome.get("verdicts") or []) or "ok"
+
+
+def value_cell(outcome: dict[str, Any], row: Row) -> str:
+    """The median, with min-max when there were several runs."""
+    text = format_value(outcome.get(row.key), row.style)
+    spread = outcome.get("ranges", {}).get(row.key)
+    if spread and spread[0] != spread[1]:
+        text += f" ({format_value(spread[0], row.style)}-{format_value(spread[1], row.style)})"
+    return text
+
+
+def comparison(row: Row, peer_outcome: dict[str, Any] | None, ref_outcome: dict[str, Any] | None,
+               ref: str, peer: str) -> dict[str, Any] | None:
+    """The ratio peer / reference for one row, its target status, or why no ratio is given."""
+    if peer_outcome is None or ref_outcome is None or row.style == "text":
         return None
-    if "error" in outcome:
-        return "error"
-    return outcome.get(row.key)
+    flagged = [(name, outcome["verdicts"]) for name, outcome in ((ref, ref_outcome), (peer, peer_outcome))
+               if outcome.get("verdicts")]
+    reason = "; ".join(f"{SHORT_NAMES[name]} {' + '.join(v)}" for name, v in flagged) or None
+    value, reference = peer_outcome.get(row.key), ref_outcome.get(row.key)
+    if not isinstance(value, int | float) or peer_outcome.get("verdicts"):
+        return {"ratio": None, "status": None, "withheld": reason}
+    ratio = None
+    if reason is None and isinstance(reference, int | float) and reference:
+        ratio = value / reference
+    status = None
+    if row.target is not None:
+        # An absolute target holds whatever the reference did; a ratio target needs a ratio.
+        met = row.target.met(float(value), ratio)
+        status = None if met is None else ("MET" if met else "MISSED")
+    return {"ratio": None if ratio is None else round(ratio, 3), "status": status, "withheld": reason}
 
 
-def build_rows(results: dict[str, dict[str, Any]], peers: list[str]) -> list[dict[str, Any]]:
-    """One record per table row: values, ratios to Mosquitto and target status per non-reference peer."""
+def build_rows(results: dict[str, dict[str, Any]], peers: list[str],
+               settings: ScenarioSettings) -> list[dict[str, Any]]:
+    """One record per table row: cells, ratios to the references, and the generator's CPU per peer."""
+    by_scenario: dict[str, list[Row]] = {}
+    for row in table_rows(settings):
+        by_scenario.setdefault(row.scenario, []).append(row)
     records = []
-    for row in ROWS:
-        if not any(row.scenario in results.get(peer, {}) for peer in peers):
+    for scenario, rows in by_scenario.items():
+        outcomes = {peer: results.get(peer, {}).get(scenario) for peer in peers}
+        if not any(outcomes.values()):
             continue
-        values = {peer: cell(results, peer, row) for peer in peers}
-        reference = values.get(REFERENCE_PEER)
-        comparisons: dict[str, dict[str, Any]] = {}
-        for peer in peers:
-            if peer == REFERENCE_PEER:
-                continue
-            value = values[peer]
-            numeric = isinstance(value, int | float)
-            ratio = None
-            if numeric and isinstance(reference, int | float) and reference:
-                ratio = value / reference
-            status = None
-            if row.target is not None and numeric:
-                met = row.target.met(float(value), ratio)
-                status = None if met is None else ("MET" if met else "MISSED")
-            comparisons[peer] = {"ratio": None if ratio is None else round(ratio, 3), "status": status}
-        records.append({"scenario": row.scenario, "metric": row.label, "key": row.key, "style": row.style,
-                        "target": row.target.text() if row.target else None,
-                        "values": values, "vs_reference": comparisons})
+        rows = [*rows, Row(scenario, "audit", "connected" if scenario == "idle-rss" else "lost/dup/reord",
+                           "text"), Row(scenario, "verdicts", "verdict", "text")]
+        for row in rows:
+            cells: dict[str, str] = {}
+            values: dict[str, Any] = {}
+            for peer, outcome in outcomes.items():
+                if outcome is None:
+                    cells[peer] = ""
+                elif "error" in outcome:
+                    cells[peer] = "error" if row.key != "verdicts" else verdict_text(outcome)
+                elif row.key == "audit":
+                    cells[peer] = audit_text(scenario, outcome)
+                elif row.key == "verdicts":
+                    cells[peer] = verdict_text(outcome)
+                else:
+                    values[peer] = outcome.get(row.key)
+                    cells[peer] = value_cell(outcome, row)
+            comparisons = {}
+            for peer, ref in COMPARISONS:
+                if peer in peers and ref in peers:
+                    found = comparison(row, outcomes[peer], outcomes[ref], ref, peer)
+                    if found is not None:
+                        comparisons[f"{peer}/{ref}"] = found
+            gen_cpu = {peer: None if outcome is None else outcome.get("gen_cpu_pct")
+                       for peer, outcome in outcomes.items()}
+            records.append({"scenario": scenario, "metric": row.label, "key": row.key, "style": row.style,
+                            "target": row.target.text() if row.target else None, "values": values,
+                            "cells": cells, "vs_reference": comparisons, "gen_cpu_pct": gen_cpu})
     return records
 
 
+def comparison_text(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return ""
+    if found["withheld"]:
+        return f"no ratio: {found['withheld']}" + (f"; {found['status']}" if found["status"] else "")
+    text = "-" if found["ratio"] is None else f"{found['ratio']:.2f}x"
+    return f"{text} {found['status']}" if found["status"] else text
+
+
 def print_table(records: list[dict[str, Any]], peers: list[str], out: TextIO = sys.stdout) -> None:
-    others = [peer for peer in peers if peer != REFERENCE_PEER]
-    header = ["scenario", "metric", *peers, "target", *(f"{peer}/{REFERENCE_PEER[:4]}" for peer in others)]
+    pairs = [f"{peer}/{ref}" for peer, ref in COMPARISONS if peer in peers and ref in peers]
+    header = ["scenario", "metric", *peers, "target",
+              *(f"{SHORT_NAMES[p.split('/')[0]]}/{SHORT_NAMES[p.split('/')[1]]}" for p in pairs),
+              "gen CPU % " + "/".join(SHORT_NAMES[peer] for peer in peers)]
     lines: list[list[str]] = [header]
     for record in records:
-        line = [record["scenario"], record["metric"]]
-        line += [format_value(record["values"][peer], record["style"]) for peer in peers]
-        line.append(record["target"] or "")
-        for peer in others:
-            comparison = record["vs_reference"][peer]
-            text = "-" if comparison["ratio"] is None else f"{comparison['ratio']:.2f}x"
-            if comparison["status"]:
-                text += f" {comparison['status']}"
-            line.append(text)
+        line = [record["scenario"], record["metric"], *(record["cells"][peer] for peer in peers),
+                record["target"] or ""]
+        line += [comparison_text(record["vs_reference"].get(pair)) for pair in pairs]
+        cpu = record["gen_cpu_pct"]
+        line.append("/".join("-" if cpu[peer] is None else f"{cpu[peer]:.0f}" for peer in peers)
+                    if record["key"] not in ("audit", "verdicts") else "")
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    previous = ""
     for line in lines:
+        if line[0] != previous and previous not in ("", "scenario"):
+            print(file=out)
+        previous = line[0]
         cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
-        cells += [value.rjust(widths[i + 2]) for i, value in enumerate(line[2:])]
-        print("  ".join(cells), file=out)
+        cells += [value.rjust(widths[i + 2]) for i, value in enumerate(line[2:-1])]
+        cells.append(line[-1])
+        print("  ".join(cells).rstrip(), file=out)
 
 
-def print_cpu_summary(results: dict[str, dict[str, Any]], peers: list[str],
-                      scenarios: list[str]) -> list[str]:
-    """Print load-generator and broker CPU per scenario; return the WARNING lines (also printed)."""
-    warnings = []
-    print()
-    for scenario in scenarios:
-        parts = []
-        for peer in peers:
-            outcome = results.get(peer, {}).get(scenario)
-            if not outcome or "error" in outcome:
-                continue
-            loadgen_pct = outcome.get("loadgen_cpu_pct")
-            broker_pct = outcome.get("broker_cpu_pct")
-            parts.append(f"{peer} loadgen {loadgen_pct:.0f}% / broker "
-                         + ("?" if broker_pct is None else f"{broker_pct:.0f}%"))
-            if loadgen_pct is not None and loadgen_pct > LOADGEN_CPU_WARNING_PCT and scenario != "idle-rss":
-                broker_text = "?" if broker_pct is None else f"{broker_pct:.0f}%"
-                warnings.append(f"WARNING: loadgen at {loadgen_pct:.0f}% of a core in {scenario} against "
-                                f"{peer} (broker {broker_text}): the load generator may be the bottleneck, "
-                                "the figure may be a lower bound")
-        if parts:
-            print(f"CPU (% of one core) {scenario:<11} " + "; ".join(parts))
-    for warning in warnings:
-        print(warning)
-    return warnings
+# The first key found in a verdict explains it ("CONNECTION" before "CONNECT").
+VERDICT_EXPLANATIONS = {
+    "GENERATOR-BOUND": "the load generator used more than {limit:.0f}% of its core ({cpu}%), so it may have "
+                       "held the broker back: the figure is a lower bound",
+    "LOST": "messages the broker acknowledged (PUBACK / PUBCOMP) never reached the subscriber",
+    "DUPLICATED": "QoS 2 messages were delivered more than once",
+    "CONNECTION ERRORS": "protocol errors, or connections the broker closed during the run",
+    "CONNECT FAILURES": "connections could not be set up",
+    "RATE MISSED": "the paced publisher did not reach its rate",
+    "ERROR": "the scenario did not complete",
+}
 
 
 def print_notes(results: dict[str, dict[str, Any]], peers: list[str]) -> None:
+    """Why a figure has a verdict, and what else a reader should know about a run."""
     for peer in peers:
         for scenario, outcome in results.get(peer, {}).items():
+            for verdict in outcome.get("verdicts") or []:
+                key = next((key for key in VERDICT_EXPLANATIONS if key in verdict), "ERROR")
+                explanation = VERDICT_EXPLANATIONS[key].format(limit=generator.GENERATOR_CPU_LIMIT_PCT,
+                                                               cpu=outcome.get("gen_cpu_pct"))
+                print(f"VERDICT {peer} {scenario}: {verdict}: {explanation}; no ratio")
             if "error" in outcome:
                 print(f"NOTE: {peer} {scenario}: {outcome['error']}")
-            elif outcome.get("failed_runs"):
-                failed, total = outcome["failed_runs"], len(outcome["runs"])
-                print(f"NOTE: {peer} {scenario}: {failed} of {total} runs failed; medians of the others")
-            if "error" not in outcome and outcome.get("protocol_errors"):
-                print(f"NOTE: {peer} {scenario}: {outcome['protocol_errors']} protocol errors seen by the "
-                      "loadgen")
-            if scenario == "idle-rss" and "error" not in outcome:
-                if outcome.get("connect_failures"):
-                    print(f"NOTE: {peer} idle-rss: {outcome['connect_failures']} connections failed "
-                          f"(first: {outcome['first_failure']})")
-                if not outcome.get("settled", True):
-                    print(f"NOTE: {peer} idle-rss: RSS had not settled within the timeout")
-            if scenario in ("fanin-q1", "fanin-q2") and "error" not in outcome and outcome.get("lost"):
-                # The broker acknowledged (PUBACK / PUBCOMP) messages it then never delivered: it took
-                # more than it could forward and dropped or stranded the rest. Its msg/s is the
-                # delivery rate under overload, not a steady state.
-                print(f"NOTE: {peer} {scenario}: accepted {outcome.get('accepted_per_s', 0):,.0f} msg/s, "
-                      f"delivered {outcome['msgs_per_s']:,.0f} msg/s; {outcome['lost']:,.0f} acknowledged "
-                      "QoS>0 messages never reached the subscriber")
-            if scenario.startswith("durable-q1") and "error" not in outcome:
-                if outcome.get("lost"):
-                    print(f"NOTE: {peer} {scenario}: {outcome['lost']:,.0f} acknowledged messages never "
-                          "reached the persistent subscriber")
-                if outcome.get("unacknowledged"):
-                    print(f"NOTE: {peer} {scenario}: {outcome['unacknowledged']:,.0f} PUBLISHes still "
-                          "unacknowledged at the end (the lost count is then a lower bound)")
-                if outcome.get("bytes_per_msg") is None:
-                    print(f"NOTE: {peer} {scenario}: no disk-write figure (/proc/PID/io unreadable or "
-                          "nothing acknowledged in the window)")
-            if scenario == "latency-q1" and "error" not in outcome and outcome.get("window_full_events"):
-                print(f"NOTE: {peer} latency-q1: publisher window (1000 in flight) was full "
-                      f"{outcome['window_full_events']} times; rate {outcome['sent_rate_per_s']}/s")
+                continue
+            if outcome.get("failed_runs"):
+                print(f"NOTE: {peer} {scenario}: {outcome['failed_runs']} of {len(outcome['runs'])} runs "
+                      "failed; medians of the others")
+            if outcome.get("first_error"):
+                print(f"NOTE: {peer} {scenario}: first connection error: {outcome['first_error']}")
+            qos = generator.QOS_OF.get(scenario)
+            if qos == 0 and outcome.get("audit_worst", {}).get("lost"):
+                print(f"NOTE: {peer} {scenario}: {outcome['audit_worst']['lost']:,} QoS 0 messages not "
+                      "delivered (allowed: QoS 0 is at most once)")
+            if qos and outcome.get("audit_worst", {}).get("unacked"):
+                print(f"NOTE: {peer} {scenario}: {outcome['audit_worst']['unacked']:,} PUBLISHes still "
+                      "unacknowledged at the end")
+            if scenario == "idle-rss" and outcome.get("connect_failures"):
+                print(f"NOTE: {peer} idle-rss: {outcome['connect_failures']:,} connections failed; the "
+                      "per-connection figures divide by the connections that were open")
+            if scenario == "idle-rss" and not outcome.get("settled", True):
+                print(f"NOTE: {peer} idle-rss: RSS had not settled within the timeout")
+            if scenario == "drain-q1" and outcome.get("session_present") is False:
+                print(f"NOTE: {peer} drain-q1: the broker did not keep the subscriber's session")
+            if scenario in ("durable-q1", "drain-q1") and outcome.get(
+                    "bytes_per_msg" if scenario == "durable-q1" else "total_bytes_per_msg") is None:
+                print(f"NOTE: {peer} {scenario}: no disk-write figure (/proc/PID/io unreadable)")
+            if scenario == "latency-q1" and outcome.get("window_full_events"):
+                print(f"NOTE: {peer} latency-q1: {outcome['window_full_events']} due messages skipped, "
+                      "publisher window (1000 in flight) full")
 
 
 # --------------------------------------------------------------------------------------------- driver
 
 
+PROGRESS_KEYS = ("msgs_per_s", "accepted_per_s", "deliveries_per_s", "p50_us", "p99_us", "ack_p50_us",
+                 "ack_p99_us", "bytes_per_msg", "queued_per_s", "drain_s", "total_bytes_per_msg",
+                 "idle_rss_mb", "connections")
+
+
 def progress_line(scenario: str, peer: str, outcome: dict[str, Any]) -> str:
     if "error" in outcome:
         return f"[{scenario}] {peer}: ERROR {outcome['error']}"
-    keys = ("msgs_per_s", "accepted_per_s", "backlog_at_end", "deliveries_per_s", "p50_ms", "p99_ms",
-            "max_ms", "ack_p50_ms", "ack_p99_ms", "bytes_per_msg", "drain_per_s", "total_bytes_per_msg",
-            "kib_per_conn", "connections", "lost", "loadgen_cpu_pct", "broker_cpu_pct")
+    broker_cpu = outcome.get("broker_cpu_pct")
+    keys = [*PROGRESS_KEYS, *(key for key in outcome if key.startswith("kib_per_conn_"))]
     shown = ", ".join(f"{key}={outcome[key]}" for key in keys if outcome.get(key) is not None)
-    return f"[{scenario}] {peer}: {shown}"
+    return (f"[{scenario}] {peer}: gen CPU {outcome.get('gen_cpu_pct')}%, broker CPU "
+            f"{'?' if broker_cpu is None else broker_cpu}% | {shown} | "
+            f"audit {audit_text(scenario.split(' ')[0], outcome)} | {verdict_text(outcome)}")
 
 
-def run_one(peer: str, scenario: str, settings: loadgen.ScenarioSettings,
+def run_one(peer: str, scenario: str, settings: ScenarioSettings, binary: Path,
             broker_factory: Callable[[str], BrokerProcess]) -> dict[str, Any]:
-    """Start a fresh broker (for this scenario), run the scenario against it, stop the broker (also on
-    errors and Ctrl-C).
+    """Start a fresh broker (for this scenario), run the scenario against it, judge the run, stop the
+    broker (also on errors and Ctrl-C).
 
     Raises BrokerStartError if the broker does not come up.
     """
@@ -590,31 +687,41 @@ def run_one(peer: str, scenario: str, settings: loadgen.ScenarioSettings,
     try:
         broker.start()
         try:
-            outcome = loadgen.scenario_result(scenario, HOST, broker.port, settings, broker)
+            outcome = generator.run_scenario(scenario, binary, HOST, broker.port, settings, broker)
         except Exception as exc:  # one failed scenario must not end the comparison of the others
             outcome = {"error": f"{type(exc).__name__}: {exc}"}
         code = broker.exit_code()
         if code is not None:
             outcome = {"error": f"broker exited with code {code} during the run: {broker.log_tail()}"}
+        outcome["verdicts"] = generator.verdicts(scenario, outcome)
         return outcome
     finally:
         broker.stop()
 
 
+AUDIT_KEYS = ("lost", "lost_acked", "duplicated", "reordered", "unacked", "foreign")
+
+
 def combine_runs(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every numeric figure over the successful runs (the first error if none succeeded)."""
+    """Medians of every numeric figure over the successful runs, with their min and max; every verdict of
+    every run (with how many runs had it); the worst run's audit counts."""
     good = [outcome for outcome in outcomes if "error" not in outcome]
-    if not good:
-        return outcomes[0]
-    if len(outcomes) == 1:
-        return good[0]
-    combined: dict[str, Any] = dict(good[0])
-    for key, value in good[0].items():
+    combined: dict[str, Any] = dict(good[0] if good else outcomes[0])
+    counts = Counter(verdict for outcome in outcomes for verdict in outcome.get("verdicts", []))
+    total = len(outcomes)
+    combined["verdicts"] = [verdict if total == 1 or count == total else f"{verdict} ({count}/{total} runs)"
+                            for verdict, count in counts.items()]
+    combined["audit_worst"] = {key: max((o.get(key) or 0 for o in good), default=0) for key in AUDIT_KEYS}
+    if total == 1:
+        return combined
+    ranges: dict[str, list[float]] = {}
+    for key, value in combined.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             numbers = [o[key] for o in good if isinstance(o.get(key), int | float)]
             combined[key] = statistics.median(numbers)
-    combined["runs"] = outcomes
-    combined["failed_runs"] = len(outcomes) - len(good)
+            ranges[key] = [min(numbers), max(numbers)]
+    combined |= {"ranges": ranges, "runs": outcomes, "failed_runs": total - len(good)}
+    combined.pop("generator", None)
     return combined
 
 
@@ -643,24 +750,97 @@ def machine_info() -> dict[str, Any]:
             "kernel": platform.release()}
 
 
+# --------------------------------------------------------------------------------------------- self-check
+
+
+def books_problems(scenario: str, outcome: dict[str, Any], settings: ScenarioSettings) -> list[str]:
+    """What is wrong with a self-check run against Mosquitto: anything lost, or books that do not balance."""
+    if "error" in outcome:
+        return [outcome["error"]]
+    if scenario == "idle-rss":
+        wanted = settings.idle_steps[-1]
+        return ([] if outcome["connections"] == wanted and outcome["complete"]
+                else [f"connected {outcome['connections']}/{wanted}"])
+    gen = outcome["generator"]
+    qos = generator.QOS_OF[scenario]
+    problems = [f"{key}={gen[key]}" for key in ("lost", "duplicated", "reordered", "foreign", "stray_acks",
+                                                "protocol_errors", "closed_unexpectedly", "connect_failures")
+                if gen[key]]
+    if not gen["complete"]:
+        problems.append("not every message arrived within the grace period")
+    if qos and (gen["unacked"] or gen["acked"] != gen["sent"]):
+        problems.append(f"acked {gen['acked']} of {gen['sent']} sent")
+    owed = (gen["acked"] if qos else gen["sent"]) * gen["subscribers"]
+    balances = {
+        "owed = (sent or acked) x subscribers": gen["owed"] == owed,
+        "owed = delivered_unique + lost": gen["owed"] == gen["delivered_unique"] + gen["lost"],
+        "received = delivered_unique + duplicated + foreign":
+            gen["received"] == gen["delivered_unique"] + gen["duplicated"] + gen["foreign"],
+    }
+    for key in ("sent", "acked", "owed", "delivered_unique", "lost", "duplicated", "reordered"):
+        balances[f"per-publisher {key} adds up"] = sum(p[key] for p in gen["per_publisher"]) == gen[key]
+    problems += [f"books: not {name}" for name, ok in balances.items() if not ok]
+    if gen["owed"] == 0:
+        problems.append("nothing delivered")
+    if scenario == "latency-q1" and abs(outcome["sent_rate_per_s"] - outcome["target_rate_per_s"]) > (
+            0.1 * outcome["target_rate_per_s"]):
+        problems.append(f"rate {outcome['sent_rate_per_s']}/s")
+    if scenario == "drain-q1" and not (outcome["drained"] == outcome["queued"] == settings.drain_messages
+                                       and outcome["session_present"]):
+        problems.append(f"drained {outcome['drained']} of {outcome['queued']}")
+    return problems
+
+
+def self_check(binary: Path, mosquitto: str | None, core: int | None) -> int:
+    """The generator's own tests, then every scenario for about a second against a fresh Mosquitto:
+    nothing may be lost and the books must balance."""
+    test = subprocess.run([str(binary), "--self-test"], capture_output=True, text=True, check=False)
+    print(f"mqttgen --self-test: {(test.stdout + test.stderr).strip()}")
+    failures = 1 if test.returncode else 0
+    settings = ScenarioSettings.self_check()
+    for scenario in SCENARIO_NAMES:
+        broker = MosquittoBroker(executable=mosquitto, core=core)
+        try:
+            broker.start()
+            outcome = generator.run_scenario(scenario, binary, HOST, broker.port, settings, broker)
+        except (GeneratorError, BrokerStartError) as exc:
+            outcome = {"error": str(exc)}
+        finally:
+            broker.stop()
+        found = books_problems(scenario, outcome, settings)
+        failures += bool(found)
+        print(f"{scenario:<11} {'ok' if not found else 'FAILED ' + '; '.join(found)}  "
+              f"(gen CPU {outcome.get('gen_cpu_pct')}%, audit {audit_text(scenario, outcome)})")
+    print("self-check:", "PASSED" if not failures else f"FAILED ({failures} problems)")
+    return 0 if not failures else 1
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short runs (about a minute per broker)")
-    parser.add_argument("--only",
-                        help=f"comma-separated scenarios out of: {', '.join(loadgen.SCENARIO_NAMES)}")
-    parser.add_argument("--peers", default="edgebus,mosquitto,amqtt",
-                        help=f"comma-separated brokers out of: {', '.join(PEER_NAMES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="short runs (0.5 s warm-up + 2 s measurement)")
+    parser.add_argument("--only", help=f"comma-separated scenarios out of: {', '.join(SCENARIO_NAMES)}")
+    parser.add_argument("--peers", default=",".join(PEER_NAMES),
+                        help=f"comma-separated brokers out of: {', '.join(PEER_NAMES)} (default: all; "
+                             "mosquitto-persist runs durable-q1 and drain-q1 only)")
     parser.add_argument("--mosquitto",
                         help="mosquitto executable (default: from PATH, else /usr/sbin/mosquitto)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run every scenario N times per broker and report the medians (default 1)")
+    parser.add_argument("--repeat", type=int,
+                        help="run every scenario N times per broker and report medians with min-max "
+                             "(default 3, or 1 with --quick)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     parser.add_argument("--edgebus-config", type=Path, metavar="FILE",
                         help="TOML file given to edgebus as --config (default: its built-in defaults)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORK_ROOT,
                         help="where the brokers' temporary directories (edgebus's data dir) are made; "
                              f"on a real disk, not tmpfs (default {DEFAULT_WORK_ROOT})")
+    parser.add_argument("--self-check", action="store_true",
+                        help="check the load generator against a fresh Mosquitto (~20 s) and exit")
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.edgebus_config is not None:
@@ -669,42 +849,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 tomllib.load(file)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             parser.error(f"--edgebus-config {args.edgebus_config}: {exc}")
-    args.scenarios = (loadgen.SCENARIO_NAMES if not args.only
-                      else tuple(s.strip() for s in args.only.split(",")))
-    unknown = [s for s in args.scenarios if s not in loadgen.SCENARIO_NAMES]
+    args.scenarios = SCENARIO_NAMES if not args.only else tuple(s.strip() for s in args.only.split(","))
+    unknown = [s for s in args.scenarios if s not in SCENARIO_NAMES]
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(loadgen.SCENARIO_NAMES)}")
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     bad = [p for p in peers if p not in PEER_NAMES]
     if bad or not peers:
         parser.error(f"unknown peer(s) {', '.join(bad)}; known: {', '.join(PEER_NAMES)}")
-    # The reference comes first in the table whatever order was given.
-    args.peer_list = sorted(dict.fromkeys(peers), key=lambda p: (p != REFERENCE_PEER, PEER_NAMES.index(p)))
+    # The references come first in the table whatever order was given.
+    args.peer_list = sorted(dict.fromkeys(peers), key=PEER_NAMES.index)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        binary = generator.build()
+    except GeneratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     peers: list[str] = args.peer_list
     scenarios: list[str] = list(args.scenarios)
-    settings = loadgen.ScenarioSettings.quick() if args.quick else loadgen.ScenarioSettings()
+    settings = ScenarioSettings.quick() if args.quick else ScenarioSettings()
 
-    nofile = loadgen.raise_nofile_limit()
-    needed = settings.idle_connections + 200
-    if "idle-rss" in scenarios and nofile < needed:
-        print(f"WARNING: RLIMIT_NOFILE is {nofile}, idle-rss needs about {needed}; "
-              "lowering its connection count")
-        settings = replace(settings, idle_connections=max(100, nofile - 200))
-    pinned = len(os.sched_getaffinity(0)) >= 2 and loadgen.pin_to_core(LOADGEN_CORE)
+    nofile = raise_nofile_limit()
+    if "idle-rss" in scenarios and nofile < max(settings.idle_steps) + 200:
+        print(f"WARNING: RLIMIT_NOFILE is {nofile}, idle-rss needs about {max(settings.idle_steps) + 200}; "
+              "lowering its connection counts")
+        settings = replace(settings, idle_steps=tuple(n for n in settings.idle_steps if n + 200 <= nofile)
+                           or (max(100, nofile - 200),))
+    pinned = len(os.sched_getaffinity(0)) >= 2 and pin_to_core(LOADGEN_CORE)
     broker_core = BROKER_CORE if pinned else None
-    print(f"pinning: broker -> core {BROKER_CORE}, loadgen -> core {LOADGEN_CORE}" if pinned
-          else "pinning: disabled (fewer than 2 usable cores)")
+    print(f"pinning: broker -> core {BROKER_CORE}, load generator (and this driver) -> core {LOADGEN_CORE}"
+          if pinned else "pinning: disabled (fewer than 2 usable cores)")
+    print(f"load generator: {binary}")
+    if args.self_check:
+        return self_check(binary, args.mosquitto, broker_core)
 
     work_root: Path = args.workdir.resolve()
     filesystem = filesystem_of(work_root if work_root.exists() else work_root.parent)
     print(f"broker directories: {work_root} ({filesystem['type']} on {filesystem['device']}, "
           f"mounted at {filesystem['mount']})")
-    durable = any(s.startswith("durable-q1") for s in scenarios)
+    durable = any(s in ("durable-q1", "drain-q1") for s in scenarios)
     if durable and filesystem["type"].startswith(NON_DISK_FILESYSTEMS):
         print(f"WARNING: {work_root} is on {filesystem['type']}: /proc/PID/io write_bytes will not show the "
               "disk writes; pass --workdir DIR on a disk-backed file system")
@@ -713,6 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     factories: dict[str, Callable[[str], BrokerProcess]] = {
         "mosquitto": lambda scenario: MosquittoBroker(executable=args.mosquitto, core=broker_core,
                                                       work_root=work_root),
+        "mosquitto-persist": lambda scenario: MosquittoPersistentBroker(
+            executable=args.mosquitto, core=broker_core, work_root=work_root),
         "edgebus": lambda scenario: EdgebusBroker(core=broker_core, work_root=work_root,
                                                   config=args.edgebus_config,
                                                   overrides=EDGEBUS_SCENARIO_CONFIG.get(scenario)),
@@ -730,10 +919,10 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in scenarios:
             for repetition in range(args.repeat):
                 for peer in peers:
-                    if peer in start_errors:
+                    if peer in start_errors or not runs_scenario(peer, scenario):
                         continue
                     try:
-                        outcome = run_one(peer, scenario, settings, factories[peer])
+                        outcome = run_one(peer, scenario, settings, binary, factories[peer])
                     except BrokerStartError as exc:
                         start_errors[peer] = str(exc)
                         print(f"{peer}: failed to start")
@@ -749,10 +938,12 @@ def main(argv: list[str] | None = None) -> int:
         for scenario, outcomes in by_scenario.items():
             results[peer][scenario] = combine_runs(outcomes)
 
-    records = build_rows(results, peers)
+    records = build_rows(results, peers, settings)
     print()
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} runs, (min-max) where they differ")
     print_table(records, peers)
-    warnings = print_cpu_summary(results, peers, scenarios)
+    print()
     print_notes(results, peers)
     for peer, error in start_errors.items():
         print(f"NOTE: {peer} failed to start, no figures: {error}")
@@ -765,9 +956,12 @@ def main(argv: list[str] | None = None) -> int:
         "interrupted": interrupted,
         "elapsed_s": round(elapsed, 1),
         "machine": machine_info(),
-        "pinned": {"broker_core": broker_core, "loadgen_core": LOADGEN_CORE if pinned else None},
+        "pinned": {"broker_core": broker_core, "generator_core": LOADGEN_CORE if pinned else None},
+        "generator": {"binary": str(binary), "source": str(generator.SOURCE),
+                      "cflags": list(generator.CFLAGS), "cpu_limit_pct": generator.GENERATOR_CPU_LIMIT_PCT},
         "settings": asdict(settings),
         "broker_settings": {"inflight_window": INFLIGHT_WINDOW, "max_queued_messages": MAX_QUEUED_MESSAGES,
+                            "mosquitto_persist": "persistence true, autosave_interval 1",
                             "edgebus_config": args.edgebus_config and str(args.edgebus_config),
                             "edgebus_scenario_config": EDGEBUS_SCENARIO_CONFIG},
         "broker_workdir": {"path": str(work_root), **filesystem},
@@ -776,7 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         "start_errors": start_errors,
         "results": results,
         "rows": records,
-        "warnings": warnings,
+        "verdicts": {peer: {scenario: outcome.get("verdicts", []) for scenario, outcome in by.items()}
+                     for peer, by in results.items()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
