@@ -29,7 +29,6 @@ MAX_MODULE_LINES = 500
 #: splits them removes them from here; a module that shrinks under the limit must leave this list.
 OVERSIZED: dict[str, int] = {
     "auth.py": 512,
-    "store/__init__.py": 532,
     "bridge/mqtt.py": 542,
     "core/server.py": 607,
     "bridge/jetstream.py": 673,

@@ -12,7 +12,7 @@ from edgebus.core.session import Session
 from edgebus.protocol.enums import PacketType
 from edgebus.protocol.packets import NO_PROPERTIES, Properties
 from edgebus.protocol.properties import encode_properties
-from edgebus.store import Store
+from edgebus.store.committer import Store
 
 
 def wall_time(deadline: float | None) -> float | None:

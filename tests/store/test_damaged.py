@@ -25,7 +25,7 @@ def _store_with_retained(data_dir: Path, topics: list[str], crash_copy: Path | N
     for topic in topics:
         store.op("retain", topic, b"v-" + topic.encode(), 1, None, None)
     if crash_copy is not None:
-        store._apply(store._pending)
+        store.database.apply(store._pending)
         store._pending = []
         crash_copy.mkdir()
         for path in data_dir.iterdir():
