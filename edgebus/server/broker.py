@@ -62,8 +62,7 @@ from edgebus.protocol.packets import (
     Will,
 )
 from edgebus.protocol.properties import read_properties
-from edgebus.store import Store, StoredSession, StoredState
-from edgebus.store.journal import StoreJournal, property_block, wall_time
+from edgebus.store import Store, StoredSession, StoredState, StoreJournal
 from edgebus.transport.listener import ClientStream, Listener, peer_identity
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
@@ -575,8 +574,8 @@ class Broker:
         pending = self._delayed_wills.pop(client_id, None)
         if pending is not None:
             pending[0].cancelled = True
-            if self.store is not None:
-                self.store.op("will_gone", client_id)
+            if self.journal is not None:
+                self.journal.will_gone(client_id)
             if connect.clean_start:
                 self._publish_will(pending[1], client_id, pending[2], now)
         expiry_timer = self._session_expiry.pop(client_id, None)
@@ -686,18 +685,8 @@ class Broker:
                 level = conn.protocol_level
                 timer = self._schedule(now + delay, lambda: self._fire_delayed_will(cid))
                 self._delayed_wills[cid] = (timer, will, level)
-                if self.store is not None:
-                    self.store.op(
-                        "will",
-                        cid,
-                        will.topic,
-                        will.payload,
-                        will.qos,
-                        int(will.retain),
-                        property_block(will.properties) if level == MQTT_5 else None,
-                        level,
-                        time.time() + delay,
-                    )
+                if self.journal is not None:
+                    self.journal.will_saved(cid, will, level, delay)
         self._redistribute_shared(session)
         if session.expiry_interval == 0:
             self._discard_session(session)
@@ -709,8 +698,8 @@ class Broker:
 
     def _fire_delayed_will(self, client_id: str) -> None:
         pending = self._delayed_wills.pop(client_id, None)
-        if self.store is not None:
-            self.store.op("will_gone", client_id)
+        if self.journal is not None:
+            self.journal.will_gone(client_id)
         if pending is not None:
             self._publish_will(pending[1], client_id, pending[2], trio.current_time())
 
@@ -770,19 +759,12 @@ class Broker:
                 self.retained.set(topic, message)  # [MQTT-3.3.1-5]
             else:
                 self.retained.clear(topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
-            store = self.store
-            if store is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
+            journal = self.journal
+            if journal is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
                 if message.payload:
-                    self._commit_wait = store.op(
-                        "retain",
-                        topic,
-                        message.payload,
-                        message.qos,
-                        property_block(message.properties),
-                        wall_time(message.expiry_deadline),
-                    )
+                    self._commit_wait = journal.retained_set(message)
                 else:
-                    self._commit_wait = store.op("unretain", topic)
+                    self._commit_wait = journal.retained_cleared(topic)
         matches, groups = self.router.match(topic)
         if not matches and not groups:
             return ReasonCode.SUCCESS if bridged else ReasonCode.NO_MATCHING_SUBSCRIBERS
@@ -938,17 +920,8 @@ class Broker:
             )
             is_new = self.router.subscribe(session.client_id, sub.topic_filter, opts)
             session.subscriptions[sub.topic_filter] = opts
-            if session.journal is not None and self.store is not None:
-                wait = self.store.op(
-                    "sub",
-                    session.client_id,
-                    sub.topic_filter,
-                    qos,
-                    int(opts.no_local),
-                    int(opts.retain_as_published),
-                    int(opts.retain_handling),
-                    sub_id,
-                )
+            if session.journal is not None and self.journal is not None:
+                wait = self.journal.subscription_saved(session, sub.topic_filter, opts)
             codes.append(qos)
             if group is None and (
                 opts.retain_handling is RetainHandling.SEND_ON_SUBSCRIBE
@@ -981,8 +954,8 @@ class Broker:
         for topic_filter in unsubscribe.topic_filters:
             existed = self.router.unsubscribe(session.client_id, topic_filter)
             session.subscriptions.pop(topic_filter, None)
-            if existed and session.journal is not None and self.store is not None:
-                self.store.op("unsub", session.client_id, topic_filter)
+            if existed and session.journal is not None and self.journal is not None:
+                self.journal.subscription_removed(session, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
         conn.send(UnsubAck(unsubscribe.packet_id, tuple(codes)))  # [MQTT-3.10.4-4]
 
@@ -1035,8 +1008,8 @@ class Broker:
         cannot be read back is logged and dropped from the store; everything else is restored."""
         now = trio.current_time()
         wall = time.time()
-        store = self.store
-        assert store is not None
+        journal = self.journal
+        assert journal is not None
 
         def deadline(expires_at: float | None) -> float | None:
             return None if expires_at is None else now + (expires_at - wall)
@@ -1055,7 +1028,7 @@ class Broker:
                 )
             except Exception as exc:
                 log.error("store: message %d is unreadable (%s): dropped", mid, exc)
-                store.op("msg_gone", mid)
+                journal.message_gone(mid)
                 continue
             message.store_id = mid
             messages[mid] = message
@@ -1067,16 +1040,16 @@ class Broker:
                 log.error("store: session %r is unreadable (%s): dropped", stored.client_id, exc)
                 session = self.sessions.pop(stored.client_id, None)
                 self.router.unsubscribe_all(stored.client_id)
-                if session is not None and self.journal is not None:
-                    self.journal.session_gone(session)
+                if session is not None:
+                    journal.session_gone(session)
                 else:
-                    store.op("session_gone", stored.client_id)
+                    journal.session_gone_by_id(stored.client_id)
         for mid, message in messages.items():
             if message.store_refs == 0:
-                store.op("msg_gone", mid)  # left behind by a crash between two commits
+                journal.message_gone(mid)  # left behind by a crash between two commits
         for topic, payload, qos, block, expires_at in state.retained:
             if expires_at is not None and expires_at <= wall:
-                store.op("unretain", topic)  # [MQTT-3.3.2-5]: expired while the broker was down
+                journal.retained_cleared(topic)  # [MQTT-3.3.2-5]: expired while the broker was down
                 continue
             try:
                 retained = Message(
@@ -1085,13 +1058,13 @@ class Broker:
                 self.retained.set(topic, retained)
             except Exception as exc:
                 log.error("store: retained message on %r is unreadable (%s): dropped", topic, exc)
-                store.op("unretain", topic)
+                journal.retained_cleared(topic)
         for cid, topic, payload, qos, retain, block, level, fire_at in state.wills:
             try:
                 will = Will(topic, payload, qos, retain, _stored_properties(block))
             except Exception as exc:
                 log.error("store: delayed will of %r is unreadable (%s): dropped", cid, exc)
-                store.op("will_gone", cid)
+                journal.will_gone(cid)
                 continue
             timer = self._schedule(
                 now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)

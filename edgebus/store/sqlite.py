@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgebus.store.ops import _APPLY, _BRIDGE_DONE, _SESSION_GONE, Op
+from edgebus.store.ops import Op
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("edgebus.store")
@@ -115,14 +115,7 @@ class Database:
         assert db is not None
         with _transaction(db):
             for op in batch:
-                if op[0] == "session_gone":
-                    for sql in _SESSION_GONE:
-                        db.execute(sql, (op[1],))
-                elif op[0] == "bridge_done":
-                    for sql in _BRIDGE_DONE:
-                        db.execute(sql, op[1:])
-                else:
-                    db.execute(_APPLY[op[0]], op[1:])
+                op.apply(db)
         self.commits += 1
         self.ops_written += len(batch)
 
