@@ -28,7 +28,6 @@ from edgebus.auth import (
 )
 from edgebus.bridge.runner import NOT_ROUTED, Bridge
 from edgebus.config import Config
-from edgebus.core.flows import FlowState
 from edgebus.core.limits import RateQuota
 from edgebus.core.message import Message, forwarded_properties
 from edgebus.core.outbox import Delivery, Outbox
@@ -44,11 +43,11 @@ from edgebus.core.server import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
-from edgebus.core.session import SESSION_NEVER_EXPIRES, Inflight, Session, SubscriptionOptions
+from edgebus.core.session import SESSION_NEVER_EXPIRES, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
 from edgebus.core.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, PacketType, ReasonCode, RetainHandling
+from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import (
     ConnAck,
@@ -61,8 +60,7 @@ from edgebus.protocol.packets import (
     Unsubscribe,
     Will,
 )
-from edgebus.protocol.properties import read_properties
-from edgebus.store import Store, StoredSession, StoredState, StoreJournal
+from edgebus.store import Store, StoredState, StoreJournal, rebuild
 from edgebus.transport.listener import ClientStream, Listener, peer_identity
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
@@ -629,12 +627,9 @@ class Broker:
             return
         if session.expiry_interval == 0:
             if session.journal is not None:
-                journal.session_gone(session)
-                session.journal = None
-                session.outbox.on_discard = None
+                journal.untrack(session)
             return
-        session.journal = journal
-        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
+        journal.track(session)
         journal.session_saved(session, protocol_level)
 
     def _take_over(self, session: Session, clean_start: bool) -> None:
@@ -1003,73 +998,29 @@ class Broker:
                 log.warning("store back under its budget (%d of %d bytes)", size, budget)
 
     def _restore(self, state: StoredState) -> None:
-        """Rebuild sessions, subscriptions, queues, in-flight messages, retained messages and
-        delayed wills from the store; expiry times continue from where they stood. A row that
-        cannot be read back is logged and dropped from the store; everything else is restored."""
-        now = trio.current_time()
-        wall = time.time()
+        """Install what the store held, as `edgebus.store.restore` rebuilds it: sessions with their
+        subscriptions, retained messages, session-expiry and delayed-will timers, bridge outboxes."""
         journal = self.journal
         assert journal is not None
-
-        def deadline(expires_at: float | None) -> float | None:
-            return None if expires_at is None else now + (expires_at - wall)
-
-        messages: dict[int, Message] = {}
-        for mid, row in state.messages.items():
-            try:
-                message = Message(
-                    row.topic,
-                    row.payload,
-                    row.qos,
-                    row.retain,
-                    _stored_properties(row.properties),
-                    publisher_id=row.publisher,
-                    expiry_deadline=deadline(row.expires_at),
-                )
-            except Exception as exc:
-                log.error("store: message %d is unreadable (%s): dropped", mid, exc)
-                journal.message_gone(mid)
-                continue
-            message.store_id = mid
-            messages[mid] = message
-        for stored in state.sessions.values():
-            try:
-                self._restore_session(stored, messages, now, wall)
-            except Exception as exc:
-                # The client will find no session (Session Present 0) and start afresh.
-                log.error("store: session %r is unreadable (%s): dropped", stored.client_id, exc)
-                session = self.sessions.pop(stored.client_id, None)
-                self.router.unsubscribe_all(stored.client_id)
-                if session is not None:
-                    journal.session_gone(session)
-                else:
-                    journal.session_gone_by_id(stored.client_id)
-        for mid, message in messages.items():
-            if message.store_refs == 0:
-                journal.message_gone(mid)  # left behind by a crash between two commits
-        for topic, payload, qos, block, expires_at in state.retained:
-            if expires_at is not None and expires_at <= wall:
-                journal.retained_cleared(topic)  # [MQTT-3.3.2-5]: expired while the broker was down
-                continue
-            try:
-                retained = Message(
-                    topic, payload, qos, True, _stored_properties(block), expiry_deadline=deadline(expires_at)
-                )
-                self.retained.set(topic, retained)
-            except Exception as exc:
-                log.error("store: retained message on %r is unreadable (%s): dropped", topic, exc)
-                journal.retained_cleared(topic)
-        for cid, topic, payload, qos, retain, block, level, fire_at in state.wills:
-            try:
-                will = Will(topic, payload, qos, retain, _stored_properties(block))
-            except Exception as exc:
-                log.error("store: delayed will of %r is unreadable (%s): dropped", cid, exc)
-                journal.will_gone(cid)
-                continue
-            timer = self._schedule(
-                now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)
-            )
-            self._delayed_wills[cid] = (timer, will, level)
+        queue = self.config.queue
+        restored = rebuild(
+            state,
+            journal,
+            lambda: Outbox(queue.max_messages, queue.max_bytes, queue.overflow, self.stats),
+            trio.current_time(),
+            time.time(),
+        )
+        for session in restored.sessions:
+            self.sessions[session.client_id] = session
+            for topic_filter, opts in session.subscriptions.items():
+                self.router.subscribe(session.client_id, topic_filter, opts)
+        for cid, deadline in restored.session_expiry:
+            self._session_expiry[cid] = self._schedule(deadline, functools.partial(self._expire_session, cid))
+        for message in restored.retained:
+            self.retained.set(message.topic, message)
+        for will in restored.wills:
+            timer = self._schedule(will.fire_at, functools.partial(self._fire_delayed_will, will.client_id))
+            self._delayed_wills[will.client_id] = (timer, will.will, will.protocol_level)
         self._restore_bridges(state)
         log.info(
             "restored %d sessions, %d queued or in-flight messages, %d retained messages from the store",
@@ -1079,8 +1030,6 @@ class Broker:
         )
 
     def _restore_bridges(self, state: StoredState) -> None:
-        store = self.store
-        assert store is not None
         configured = {bridge.name for bridge in self.bridges}
         for bridge in self.bridges:
             bridge.restore(
@@ -1116,40 +1065,6 @@ class Broker:
 
     def _publish_state(self, topic: str, value: str) -> None:
         self.publish(Message(topic, value.encode(), 0, True), None)
-
-    def _restore_session(
-        self, stored: StoredSession, messages: dict[int, Message], now: float, wall: float
-    ) -> None:
-        journal = self.journal
-        assert journal is not None
-        session = self._new_session(stored.client_id)
-        session.expiry_interval = stored.expiry_interval
-        session.journal = journal
-        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
-        for topic_filter, qos, no_local, rap, handling, sub_id in stored.subscriptions:
-            opts = SubscriptionOptions(qos, no_local, rap, RetainHandling(handling), sub_id)
-            self.router.subscribe(stored.client_id, topic_filter, opts)
-            session.subscriptions[topic_filter] = opts
-        for seq, mid, qos, retain, sub_ids, packet_id, dstate in stored.deliveries:
-            message = messages.get(mid)
-            if message is None:
-                continue  # its message was unreadable
-            delivery = Delivery(message, qos, retain, sub_ids)
-            delivery.store_seq = seq
-            message.store_refs += 1
-            state = _STORED_INFLIGHT.get(dstate)
-            if packet_id and state is not None:
-                session.inflight[packet_id] = Inflight(delivery, state)  # resent with DUP
-            else:
-                session.outbox.restore(delivery)
-        session.inbound_qos2.update(stored.inbound_qos2)
-        if stored.expiry_interval != SESSION_NEVER_EXPIRES:
-            away = stored.disconnected_at if stored.disconnected_at is not None else wall
-            remaining = stored.expiry_interval - (wall - away)
-            cid = stored.client_id
-            self._session_expiry[cid] = self._schedule(
-                now + max(0.0, remaining), functools.partial(self._expire_session, cid)
-            )
 
     # --- timers and $SYS ------------------------------------------------------------------------------
 
@@ -1430,18 +1345,6 @@ class Broker:
             log.debug("client %s: SUBSCRIBE %r denied", client.conn.client_id, full_filter)
             return ReasonCode.NOT_AUTHORIZED
         return 0
-
-
-_STORED_INFLIGHT = {
-    1: FlowState.AWAIT_PUBACK,
-    2: FlowState.AWAIT_PUBREC,
-    3: FlowState.AWAIT_PUBCOMP,
-}
-
-
-def _stored_properties(block: bytes | None) -> Properties:
-    """PUBLISH properties as the store keeps them: the wire block, or None for none."""
-    return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]
 
 
 def _sockname(listener: socket.socket) -> tuple[str, int]:

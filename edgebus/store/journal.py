@@ -6,6 +6,7 @@ Each method only queues its operations and returns the number of the batch that 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, Protocol
@@ -143,6 +144,18 @@ class StoreJournal:
         return self.store.append(InboundReleased, session.client_id, packet_id)
 
     # --- sessions and subscriptions -------------------------------------------------------------
+
+    def track(self, session: Session) -> None:
+        """From now on ``session`` records its progress here (it outlives its connection), and a
+        delivery its queue discards is finished in the store too."""
+        session.journal = self
+        session.outbox.on_discard = functools.partial(self.delivery_finished, session)
+
+    def untrack(self, session: Session) -> None:
+        """``session`` no longer outlives its connection: its rows go, and it records nothing more."""
+        self.session_gone(session)
+        session.journal = None
+        session.outbox.on_discard = None
 
     def session_saved(self, session: Session, protocol_level: int) -> int:
         return self.store.append(SessionSaved, session.client_id, protocol_level, session.expiry_interval)
