@@ -101,17 +101,8 @@ class Outbox:
         store = self.store
         batch = 0
         if store is not None:
-            batch = store.op(
-                "bridge_in",
-                self.name,
-                seq,
-                topic,
-                payload,
-                qos,
-                int(retain),
-                content_type,
-                now_wall,
-                expires_at,
+            batch = store.journal.bridge_queued(
+                self.name, seq, topic, payload, qos, retain, content_type, now_wall, expires_at
             )
         entry = Entry(seq, topic, payload, qos, retain, content_type, now_wall, expires_at, batch)
         self.entries.append(entry)
@@ -124,7 +115,7 @@ class Outbox:
         self.bytes -= entry.size
         self.dropped += 1
         if self.store is not None:
-            self.store.op("bridge_drop", self.name, entry.seq)
+            self.store.journal.bridge_dropped(self.name, entry.seq)
 
     def pending_range(self) -> tuple[int, int]:
         """(first, last) sequence of the entries not yet forwarded; first > last when there are none."""
@@ -170,7 +161,7 @@ class Outbox:
         if upto_seq > self.forwarded_seq:
             self.forwarded_seq = upto_seq
             if self.store is not None:
-                self.store.op("bridge_done", self.name, upto_seq)
+                self.store.journal.bridge_forwarded(self.name, upto_seq)
         return removed
 
     def oldest_queued_at(self) -> float | None:

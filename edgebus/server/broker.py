@@ -41,7 +41,6 @@ from edgebus.server.subscriptions import Subscriptions
 from edgebus.server.sys_topics import SysTopics
 from edgebus.server.timers import Timers
 from edgebus.store import OutboxRow, Store
-from edgebus.store.journal import StoreJournal
 from edgebus.transport.listener import Listener
 from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
@@ -78,7 +77,7 @@ class Broker:
         durability = config.storage.durability
         # No store at all with durability "memory": nothing is written, nothing survives a restart.
         self.store = store = None if durability == "memory" else Store(config.server.data_dir, durability)
-        self.journal = journal = None if store is None else StoreJournal(store)
+        self.journal = journal = None if store is None else store.journal
         self.sessions: dict[str, Session] = {}
         self.addresses: list[tuple[str, int]] = []
         self.timers = timers = Timers()
@@ -104,7 +103,6 @@ class Broker:
             router,
             retained,
             self.bridges,
-            store,
             journal,
             admission,
             config.queue.overflow,
@@ -120,9 +118,9 @@ class Broker:
             self._connection_lost,
         )
         self.session_manager = Sessions(
-            config, self.limits, self.features, fanout, connections, timers, store, journal, stats
+            config, self.limits, self.features, fanout, connections, timers, journal, stats
         )
-        self.subscriptions = Subscriptions(mqtt.max_qos, self.features, fanout, admission, store)
+        self.subscriptions = Subscriptions(mqtt.max_qos, self.features, fanout, admission, journal)
         self.sys_topics = SysTopics(fanout, self.bridges, store, stats)
         self.commits = (
             None

@@ -13,8 +13,7 @@ from edgebus.core.session import Session, SubscriptionOptions
 from edgebus.core.stats import Stats
 from edgebus.protocol.enums import ReasonCode
 from edgebus.server.admission import Admission
-from edgebus.store import Store
-from edgebus.store.journal import StoreJournal, property_block, wall_time
+from edgebus.store import StoreJournal
 
 
 class Fanout:
@@ -27,7 +26,6 @@ class Fanout:
         router: Router[SubscriptionOptions],
         retained: RetainedIndex[Message],
         bridges: list[Bridge],
-        store: Store | None,
         journal: StoreJournal | None,
         admission: Admission,
         overflow: OverflowPolicy,
@@ -37,7 +35,6 @@ class Fanout:
         self.router = router
         self.retained = retained
         self.bridges = bridges
-        self.store = store
         self.journal = journal
         self.admission = admission
         self.overflow = overflow
@@ -69,19 +66,9 @@ class Fanout:
                 self.retained.set(topic, message)  # [MQTT-3.3.1-5]
             else:
                 self.retained.clear(topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
-            store = self.store
-            if store is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
-                if message.payload:
-                    wait = store.op(
-                        "retain",
-                        topic,
-                        message.payload,
-                        message.qos,
-                        property_block(message.properties),
-                        wall_time(message.expiry_deadline),
-                    )
-                else:
-                    wait = store.op("unretain", topic)
+            journal = self.journal
+            if journal is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
+                wait = journal.retained_set(message) if message.payload else journal.retained_cleared(topic)
         matches, groups = self.router.match(topic)
         if not matches and not groups:
             return (ReasonCode.SUCCESS if bridged else ReasonCode.NO_MATCHING_SUBSCRIBERS), wait

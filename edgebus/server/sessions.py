@@ -16,21 +16,18 @@ from edgebus.core.connect import (
     will_delay,
     will_message,
 )
-from edgebus.core.flows import FlowState
 from edgebus.core.message import Message
-from edgebus.core.outbox import Delivery, Outbox
+from edgebus.core.outbox import Outbox
 from edgebus.core.router import RetainedIndex, Router
 from edgebus.core.server import ConnectionLimits
-from edgebus.core.session import SESSION_NEVER_EXPIRES, Inflight, Session, SubscriptionOptions
+from edgebus.core.session import SESSION_NEVER_EXPIRES, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
-from edgebus.protocol.enums import MQTT_5, PacketType, ReasonCode, RetainHandling
-from edgebus.protocol.packets import Connect, Disconnect, Properties, Will
-from edgebus.protocol.properties import read_properties
+from edgebus.protocol.enums import MQTT_5, ReasonCode
+from edgebus.protocol.packets import Connect, Disconnect, Will
 from edgebus.server.connection import ClientConnection, Connections
 from edgebus.server.fanout import Fanout
 from edgebus.server.timers import Timer, Timers
-from edgebus.store import Store, StoredSession, StoredState
-from edgebus.store.journal import StoreJournal, property_block
+from edgebus.store import StoredState, StoreJournal, rebuild
 
 log = logging.getLogger("edgebus.server.sessions")
 
@@ -47,7 +44,6 @@ class Sessions:
         fanout: Fanout,
         connections: Connections,
         timers: Timers,
-        store: Store | None,
         journal: StoreJournal | None,
         stats: Stats,
     ) -> None:
@@ -60,7 +56,6 @@ class Sessions:
         self.retained: RetainedIndex[Message] = fanout.retained
         self.connections = connections
         self.timers = timers
-        self.store = store
         self.journal = journal
         self.stats = stats
         self._session_expiry: dict[str, Timer] = {}
@@ -82,8 +77,8 @@ class Sessions:
         pending = self._delayed_wills.pop(client_id, None)
         if pending is not None:
             pending[0].cancelled = True
-            if self.store is not None:
-                self.store.op("will_gone", client_id)
+            if self.journal is not None:
+                self.journal.will_gone(client_id)
             if connect.clean_start:
                 self._publish_will(pending[1], client_id, pending[2], now)
         expiry_timer = self._session_expiry.pop(client_id, None)
@@ -104,10 +99,13 @@ class Sessions:
         log.debug("client %s connected (v%d, session present %s)", client_id, level, session_present)
 
     def new_session(self, client_id: str) -> Session:
-        queue = self.config.queue
-        session = Session(client_id, Outbox(queue.max_messages, queue.max_bytes, queue.overflow, self.stats))
+        session = Session(client_id, self._new_outbox())
         self.sessions[client_id] = session
         return session
+
+    def _new_outbox(self) -> Outbox:
+        queue = self.config.queue
+        return Outbox(queue.max_messages, queue.max_bytes, queue.overflow, self.stats)
 
     def _journal_session(self, session: Session, protocol_level: int) -> None:
         """A session that outlives its connection is kept in the store; one that ends with it is not."""
@@ -116,12 +114,9 @@ class Sessions:
             return
         if session.expiry_interval == 0:
             if session.journal is not None:
-                journal.session_gone(session)
-                session.journal = None
-                session.outbox.on_discard = None
+                journal.untrack(session)
             return
-        session.journal = journal
-        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
+        journal.track(session)
         journal.session_saved(session, protocol_level)
 
     def _take_over(self, session: Session, clean_start: bool) -> None:
@@ -173,18 +168,8 @@ class Sessions:
                 level = conn.protocol_level
                 timer = self.timers.schedule(now + delay, lambda: self._fire_delayed_will(cid))
                 self._delayed_wills[cid] = (timer, will, level)
-                if self.store is not None:
-                    self.store.op(
-                        "will",
-                        cid,
-                        will.topic,
-                        will.payload,
-                        will.qos,
-                        int(will.retain),
-                        property_block(will.properties) if level == MQTT_5 else None,
-                        level,
-                        time.time() + delay,
-                    )
+                if self.journal is not None:
+                    self.journal.will_saved(cid, will, level, delay)
         self.fanout.redistribute_shared(session)
         if session.expiry_interval == 0:
             self.discard(session)
@@ -196,8 +181,8 @@ class Sessions:
 
     def _fire_delayed_will(self, client_id: str) -> None:
         pending = self._delayed_wills.pop(client_id, None)
-        if self.store is not None:
-            self.store.op("will_gone", client_id)
+        if self.journal is not None:
+            self.journal.will_gone(client_id)
         if pending is not None:
             self._publish_will(pending[1], client_id, pending[2], trio.current_time())
 
@@ -226,122 +211,26 @@ class Sessions:
     # --- restart -----------------------------------------------------------------------------------
 
     def restore(self, state: StoredState) -> None:
-        """Rebuild sessions, subscriptions, queues, in-flight messages, retained messages and
-        delayed wills from the store; expiry times continue from where they stood. A row that
-        cannot be read back is logged and dropped from the store; everything else is restored."""
-        now = trio.current_time()
-        wall = time.time()
-        store = self.store
-        assert store is not None
-
-        def deadline(expires_at: float | None) -> float | None:
-            return None if expires_at is None else now + (expires_at - wall)
-
-        messages: dict[int, Message] = {}
-        for mid, row in state.messages.items():
-            try:
-                message = Message(
-                    row.topic,
-                    row.payload,
-                    row.qos,
-                    row.retain,
-                    _stored_properties(row.properties),
-                    publisher_id=row.publisher,
-                    expiry_deadline=deadline(row.expires_at),
-                )
-            except Exception as exc:
-                log.error("store: message %d is unreadable (%s): dropped", mid, exc)
-                store.op("msg_gone", mid)
-                continue
-            message.store_id = mid
-            messages[mid] = message
-        for stored in state.sessions.values():
-            try:
-                self._restore_session(stored, messages, now, wall)
-            except Exception as exc:
-                # The client will find no session (Session Present 0) and start afresh.
-                log.error("store: session %r is unreadable (%s): dropped", stored.client_id, exc)
-                session = self.sessions.pop(stored.client_id, None)
-                self.router.unsubscribe_all(stored.client_id)
-                if session is not None and self.journal is not None:
-                    self.journal.session_gone(session)
-                else:
-                    store.op("session_gone", stored.client_id)
-        for mid, message in messages.items():
-            if message.store_refs == 0:
-                store.op("msg_gone", mid)  # left behind by a crash between two commits
-        for topic, payload, qos, block, expires_at in state.retained:
-            if expires_at is not None and expires_at <= wall:
-                store.op("unretain", topic)  # [MQTT-3.3.2-5]: expired while the broker was down
-                continue
-            try:
-                retained = Message(
-                    topic, payload, qos, True, _stored_properties(block), expiry_deadline=deadline(expires_at)
-                )
-                self.retained.set(topic, retained)
-            except Exception as exc:
-                log.error("store: retained message on %r is unreadable (%s): dropped", topic, exc)
-                store.op("unretain", topic)
-        for cid, topic, payload, qos, retain, block, level, fire_at in state.wills:
-            try:
-                will = Will(topic, payload, qos, retain, _stored_properties(block))
-            except Exception as exc:
-                log.error("store: delayed will of %r is unreadable (%s): dropped", cid, exc)
-                store.op("will_gone", cid)
-                continue
-            timer = self.timers.schedule(
-                now + max(0.0, fire_at - wall), functools.partial(self._fire_delayed_will, cid)
-            )
-            self._delayed_wills[cid] = (timer, will, level)
+        """Install what the store held, as `edgebus.store.restore` rebuilds it: sessions with their
+        subscriptions, retained messages, session-expiry and delayed-will timers."""
+        journal = self.journal
+        assert journal is not None
+        restored = rebuild(state, journal, self._new_outbox, trio.current_time(), time.time())
+        for session in restored.sessions:
+            self.sessions[session.client_id] = session
+            for topic_filter, opts in session.subscriptions.items():
+                self.router.subscribe(session.client_id, topic_filter, opts)
+        schedule = self.timers.schedule
+        for cid, deadline in restored.session_expiry:
+            self._session_expiry[cid] = schedule(deadline, functools.partial(self._expire_session, cid))
+        for message in restored.retained:
+            self.retained.set(message.topic, message)
+        for will in restored.wills:
+            timer = schedule(will.fire_at, functools.partial(self._fire_delayed_will, will.client_id))
+            self._delayed_wills[will.client_id] = (timer, will.will, will.protocol_level)
         log.info(
             "restored %d sessions, %d queued or in-flight messages, %d retained messages from the store",
             len(self.sessions),
             sum(len(s.outbox) + len(s.inflight) for s in self.sessions.values()),
             len(self.retained),
         )
-
-    def _restore_session(
-        self, stored: StoredSession, messages: dict[int, Message], now: float, wall: float
-    ) -> None:
-        journal = self.journal
-        assert journal is not None
-        session = self.new_session(stored.client_id)
-        session.expiry_interval = stored.expiry_interval
-        session.journal = journal
-        session.outbox.on_discard = lambda delivery: journal.delivery_finished(session, delivery)
-        for topic_filter, qos, no_local, rap, handling, sub_id in stored.subscriptions:
-            opts = SubscriptionOptions(qos, no_local, rap, RetainHandling(handling), sub_id)
-            self.router.subscribe(stored.client_id, topic_filter, opts)
-            session.subscriptions[topic_filter] = opts
-        for seq, mid, qos, retain, sub_ids, packet_id, dstate in stored.deliveries:
-            message = messages.get(mid)
-            if message is None:
-                continue  # its message was unreadable
-            delivery = Delivery(message, qos, retain, sub_ids)
-            delivery.store_seq = seq
-            message.store_refs += 1
-            state = _STORED_INFLIGHT.get(dstate)
-            if packet_id and state is not None:
-                session.inflight[packet_id] = Inflight(delivery, state)  # resent with DUP
-            else:
-                session.outbox.restore(delivery)
-        session.inbound_qos2.update(stored.inbound_qos2)
-        if stored.expiry_interval != SESSION_NEVER_EXPIRES:
-            away = stored.disconnected_at if stored.disconnected_at is not None else wall
-            remaining = stored.expiry_interval - (wall - away)
-            cid = stored.client_id
-            self._session_expiry[cid] = self.timers.schedule(
-                now + max(0.0, remaining), functools.partial(self._expire_session, cid)
-            )
-
-
-_STORED_INFLIGHT = {
-    1: FlowState.AWAIT_PUBACK,
-    2: FlowState.AWAIT_PUBREC,
-    3: FlowState.AWAIT_PUBCOMP,
-}
-
-
-def _stored_properties(block: bytes | None) -> Properties:
-    """PUBLISH properties as the store keeps them: the wire block, or None for none."""
-    return Properties() if not block else read_properties(block, 0, len(block), PacketType.PUBLISH)[0]

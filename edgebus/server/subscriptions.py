@@ -15,7 +15,7 @@ from edgebus.protocol.packets import SubAck, Subscribe, UnsubAck, Unsubscribe
 from edgebus.server.admission import Admission
 from edgebus.server.connection import ClientConnection
 from edgebus.server.fanout import Fanout
-from edgebus.store import Store
+from edgebus.store import StoreJournal
 
 
 class Subscriptions:
@@ -25,14 +25,14 @@ class Subscriptions:
         features: ServerFeatures,
         fanout: Fanout,
         admission: Admission,
-        store: Store | None,
+        journal: StoreJournal | None,
     ) -> None:
         self.max_qos = max_qos
         self.features = features
         self.fanout = fanout
         self.router: Router[SubscriptionOptions] = fanout.router
         self.admission = admission
-        self.store = store
+        self.journal = journal
 
     def subscribe(self, client: ClientConnection, subscribe: Subscribe) -> None:
         conn = client.conn
@@ -62,17 +62,8 @@ class Subscriptions:
             opts = grant.options
             is_new = self.router.subscribe(session.client_id, grant.topic_filter, opts)
             session.subscriptions[grant.topic_filter] = opts
-            if session.journal is not None and self.store is not None:
-                wait = self.store.op(
-                    "sub",
-                    session.client_id,
-                    grant.topic_filter,
-                    opts.qos,
-                    int(opts.no_local),
-                    int(opts.retain_as_published),
-                    int(opts.retain_handling),
-                    opts.subscription_id,
-                )
+            if session.journal is not None and self.journal is not None:
+                wait = self.journal.subscription_saved(session, grant.topic_filter, opts)
             codes.append(opts.qos)
             if sends_retained(grant, is_new):
                 to_send.append((grant.match_filter, opts))
@@ -88,7 +79,7 @@ class Subscriptions:
         for topic_filter in unsubscribe.topic_filters:
             existed = self.router.unsubscribe(session.client_id, topic_filter)
             session.subscriptions.pop(topic_filter, None)
-            if existed and session.journal is not None and self.store is not None:
-                self.store.op("unsub", session.client_id, topic_filter)
+            if existed and session.journal is not None and self.journal is not None:
+                self.journal.subscription_removed(session, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
         conn.send(UnsubAck(unsubscribe.packet_id, tuple(codes)))  # [MQTT-3.10.4-4]

@@ -11,6 +11,7 @@ import pytest
 
 from edgebus.protocol import MQTT_5, Publish
 from edgebus.store import DB_NAME, Store
+from edgebus.store.ops import RetainedSet, SessionSaved, SubscriptionSaved
 from tests.clients import PEER, RawClient, Sub
 from tests.conftest import StartBroker
 
@@ -23,9 +24,9 @@ def _store_with_retained(data_dir: Path, topics: list[str], crash_copy: Path | N
     store = Store(data_dir)
     store.load()
     for topic in topics:
-        store.op("retain", topic, b"v-" + topic.encode(), 1, None, None)
+        store.append(RetainedSet, topic, b"v-" + topic.encode(), 1, None, None)
     if crash_copy is not None:
-        store._apply(store._pending)
+        store.database.apply(store._pending)
         store._pending = []
         crash_copy.mkdir()
         for path in data_dir.iterdir():
@@ -109,14 +110,14 @@ async def test_unreadable_rows_are_dropped_and_the_rest_restored(
     data_dir = tmp_path / "data"
     store = Store(data_dir)
     store.load()
-    store.op("session", "good", MQTT_5, 3600, None)
-    store.op("sub", "good", "ok/#", 1, 0, 0, 0, None)
-    store.op("session", "bad", MQTT_5, 3600, None)
-    store.op("sub", "bad", "a/#/b", 1, 0, 0, 0, None)  # not a valid filter
-    store.op("retain", "garbled", b"x", 1, b"\x05\xff\xff\xff\xff\xff", None)  # not a property block
-    store.op("retain", "fine", b"y", 1, None, None)
+    store.append(SessionSaved, "good", MQTT_5, 3600)
+    store.append(SubscriptionSaved, "good", "ok/#", 1, False, False, 0, None)
+    store.append(SessionSaved, "bad", MQTT_5, 3600)
+    store.append(SubscriptionSaved, "bad", "a/#/b", 1, False, False, 0, None)  # not a valid filter
+    store.append(RetainedSet, "garbled", b"x", 1, b"\x05\xff\xff\xff\xff\xff", None)  # not a property block
+    store.append(RetainedSet, "fine", b"y", 1, None, None)
     store.finish()
-    with caplog.at_level(logging.ERROR, logger="edgebus.server.broker"):
+    with caplog.at_level(logging.ERROR, logger="edgebus.store"):  # edgebus.store.restore drops them
         broker = await start_broker(data_dir=data_dir)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "session 'bad' is unreadable" in messages

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from edgebus.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from edgebus.store import DB_NAME, Store
+from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def _old_store(directory: Path, version: int) -> Path:

@@ -1,0 +1,110 @@
+"""The store's trio side: operations gather into numbered batches, each committed whole by one writer thread.
+
+The event loop appends operations (through `journal`) without waiting; the commit task hands
+everything gathered so far to the writer thread as ONE transaction, so throughput grows with load
+(many messages, one fsync), and while that commit runs the next batch gathers. Whatever must not
+outrun the disk (a PUBACK, a PUBREC, ...) waits until `committed_seq` reaches the batch that holds
+its changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, cast
+
+import trio
+
+from edgebus.config import Durability
+from edgebus.store.journal import StoreJournal
+from edgebus.store.ops import Op, cancel_out
+from edgebus.store.sqlite import Database, StoredState
+
+P = ParamSpec("P")
+
+#: Makes an operation from its type and fields without the NamedTuple's Python-level ``__new__``:
+#: half the cost of ``kind(*fields)``, on every row of the durable publish path (bench/journal_speed.py).
+#: `Store.append`'s ParamSpec has mypy check the fields against the type's, as a call would.
+_make = cast("Callable[[Callable[..., Op], tuple[Any, ...]], Op]", tuple.__new__)
+
+
+class Store:
+    """The durable store. Call `load` once (in a thread) before anything else; run `commit_forever`
+    in the broker's nursery; write through `journal` from the event loop."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], durability: Durability = "fsync") -> None:
+        self.database = Database(data_dir, durability)
+        self.journal = StoreJournal(self)
+        self._pending: list[Op] = []
+        #: Sequence number of the batch now gathering; `committed_seq` is the last one on disk.
+        self.pending_seq = 1
+        self.committed_seq = 0
+        self._wakeup: trio.Event | None = None
+        #: The row ids to come (`load` continues them after the highest stored), read with next().
+        self.message_ids: Iterator[int] = itertools.count(1)
+        self.delivery_seqs: Iterator[int] = itertools.count(1)
+
+    # --- the event loop's side -------------------------------------------------------------------
+
+    def append(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> int:
+        """Queue one change: the operation ``kind`` (an `edgebus.store.ops` type) with these fields.
+        Returns the batch number it will be committed in."""
+        self._pending.append(_make(kind, fields) if not named else kind(*fields, **named))
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()
+        return self.pending_seq
+
+    def size_bytes(self) -> int:
+        """The store's size on disk: the database and its write-ahead log."""
+        return self.database.size_bytes()
+
+    async def commit_forever(self, on_commit: Callable[[int], None]) -> None:
+        """Commit whatever has gathered, one transaction at a time, in the writer thread; after
+        each, tell ``on_commit`` the batch number now on disk."""
+        limiter = trio.CapacityLimiter(1)  # one writer thread, ever
+        while True:
+            if not self._pending:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                self._wakeup = None
+            await self.commit_now(limiter, on_commit)
+
+    async def commit_now(
+        self, limiter: trio.CapacityLimiter | None = None, on_commit: Callable[[int], None] | None = None
+    ) -> None:
+        batch = cancel_out(self._pending)
+        self._pending = []
+        seq = self.pending_seq
+        self.pending_seq = seq + 1
+        if batch:  # else everything cancelled out: nothing to write, no thread hop, no wait
+            # Not cancellable: a commit half-applied is rolled back by sqlite, but the broker must
+            # learn the outcome before it acknowledges anything.
+            await trio.to_thread.run_sync(
+                self.database.apply, batch, limiter=limiter, abandon_on_cancel=False
+            )
+        self.committed_seq = seq
+        if on_commit is not None:
+            on_commit(seq)
+
+    # --- before and after the event loop ---------------------------------------------------------
+
+    def load(self) -> StoredState:
+        """Open the database and read everything back (blocking: run it in a thread); row ids
+        continue after the highest stored."""
+        state = self.database.load()
+        self.message_ids = itertools.count(state.next_message_id)
+        self.delivery_seqs = itertools.count(state.next_delivery_seq)
+        return state
+
+    def close(self, clean: bool = False) -> None:
+        self.database.close(clean)
+
+    def finish(self) -> None:
+        """Apply what is still pending (at shutdown, from a thread or after the loop) and close."""
+        batch = cancel_out(self._pending)
+        self._pending = []
+        if batch and self.database.is_open:
+            self.database.apply(batch)
+        self.database.close(clean=True)
