@@ -378,14 +378,3 @@ class TopicAliases:
     def forget(self, topic: str) -> None:
         """Drop the alias just given to ``topic``: the PUBLISH that was to set it was not sent."""
         del self.outbound[topic]
-
-
-def allocate_packet_id(start: int, in_use: Callable[[int], bool]) -> tuple[int, int]:
-    """The first packet id from ``start`` on (wrapping after 65535, never 0) that no flow uses
-    [MQTT-2.2.1-3]; returns it and where the next search starts."""
-    pid = start
-    for _ in range(MAX_PACKET_ID):
-        if not in_use(pid):
-            return pid, (pid + 1 if pid < MAX_PACKET_ID else 1)
-        pid = pid + 1 if pid < MAX_PACKET_ID else 1
-    raise RuntimeError("no free packet identifier")  # windows are capped far below 65535
