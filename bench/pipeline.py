@@ -19,7 +19,8 @@ import statistics
 import time
 
 from edgebus.core.outbox import Delivery, Outbox
-from edgebus.core.server import Connection, ConnectionLimits, ConnectReceived, MessageReceived
+from edgebus.core.server import Connection
+from edgebus.core.server_events import ConnectionLimits, ConnectReceived, MessageReceived
 from edgebus.core.session import Session
 from edgebus.core.stats import Stats
 from edgebus.protocol import MQTT_3_1_1, MQTT_5, Connect, PubAck, PubComp, Publish, PubRec, PubRel, encode

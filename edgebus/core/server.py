@@ -1,10 +1,10 @@
 """The server-role connection machine (sans-IO): one network connection from CONNECT to close.
 
-Bytes and a clock go in; events for the broker and bytes to write come out: packet ids, QoS 1/2
-flows both ways, receive maximum, topic aliases (all three applied by edgebus.core.flows),
-keep-alive. What the flows report, it records in a durable session's journal, and it holds back a
-reply until the store has committed what the reply promises. Nothing here awaits, and nothing
-imports trio, sockets or the store (a test walks the imports).
+Bytes and a clock go in; events for the broker (edgebus.core.server_events) and bytes to write come
+out: packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases (all three applied by
+edgebus.core.flows), keep-alive. What the flows report, it records in a durable session's journal,
+and it holds back a reply until the store has committed what the reply promises. Nothing here awaits,
+and nothing imports trio, sockets or the store (a test walks the imports).
 """
 
 from __future__ import annotations
@@ -12,10 +12,19 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from edgebus.core.flows import FlowState, InboundFlows, TopicAliases, Trigger, pubrec_trigger
 from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.server_events import (
+    ConnectionLimits,
+    ConnectReceived,
+    DisconnectReceived,
+    Event,
+    MessageReceived,
+    ProtocolViolation,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
 from edgebus.core.session import Inflight, Session
 from edgebus.core.stats import Stats
 from edgebus.protocol.decoder import PacketDecoder
@@ -45,66 +54,6 @@ class ConnectionState(enum.Enum):
     CONNECTING = 2  # CONNECT decoded, the broker has not answered yet
     CONNECTED = 3
     CLOSED = 4
-
-
-# --- events the connection hands to the broker -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectReceived:
-    connect: Connect
-
-
-@dataclass(slots=True)  # not frozen: one per PUBLISH, and frozen __init__ is slower
-class MessageReceived:
-    """A PUBLISH to route. For QoS 1/2 the broker calls `Connection.acknowledge` once it is safe."""
-
-    message: Message
-    packet_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribeReceived:
-    subscribe: Subscribe
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeReceived:
-    unsubscribe: Unsubscribe
-
-
-@dataclass(frozen=True, slots=True)
-class DisconnectReceived:
-    disconnect: Disconnect
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation:
-    """The connection must close; on v5 with a DISCONNECT carrying ``error.reason_code`` first."""
-
-    error: ProtocolError
-
-
-Event = (
-    ConnectReceived
-    | MessageReceived
-    | SubscribeReceived
-    | UnsubscribeReceived
-    | DisconnectReceived
-    | ProtocolViolation
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What this broker announces and enforces on every connection."""
-
-    max_packet_size: int = 268_435_460
-    receive_maximum: int = 65535  # our inbound window
-    max_inflight: int = 65535  # cap on our outbound window
-    topic_alias_maximum: int = 0  # inbound aliases we accept
-    max_qos: int = 2
-    retain_available: bool = True
 
 
 class Connection:

@@ -33,10 +33,9 @@ from edgebus.core.limits import RateQuota
 from edgebus.core.message import Message, forwarded_properties
 from edgebus.core.outbox import Delivery, Outbox
 from edgebus.core.router import RetainedIndex, Router, SharedGroup
-from edgebus.core.server import (
-    Connection,
+from edgebus.core.server import Connection, ConnectionState
+from edgebus.core.server_events import (
     ConnectionLimits,
-    ConnectionState,
     ConnectReceived,
     DisconnectReceived,
     MessageReceived,
