@@ -221,22 +221,6 @@ class Connection:
                 if qos == 0:
                     raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8")
                 refusal = ReasonCode.PAYLOAD_FORMAT_INVALID
-        packet_id = 0
-        if qos:
-            inbound = self.inbound
-            assert inbound is not None and packet.packet_id is not None
-            packet_id = packet.packet_id
-            step = inbound.receive(packet_id, qos)
-            if not step.deliver:
-                # A resend: of a QoS 2 message already PUBREC'd, answered PUBREC again
-                # [MQTT-4.3.3-10]; of one the broker has not acknowledged yet, by that ack.
-                if step.reply is not None:
-                    self._reply(step.reply_bytes(packet_id, self.protocol_level))
-                return None
-            if refusal:
-                self.acknowledge(qos, packet_id, refusal)
-                return None
-        if self.protocol_level == MQTT_5:
             expiry = props.message_expiry_interval
             message = Message(
                 topic,
@@ -249,6 +233,21 @@ class Connection:
             )
         else:
             message = Message(topic, packet.payload, qos, packet.retain, publisher_id=self.client_id)
+        if qos == 0:
+            return MessageReceived(message, 0)
+        inbound = self.inbound
+        packet_id = packet.packet_id
+        assert inbound is not None and packet_id is not None
+        step = inbound.receive(packet_id, qos)
+        if not step.deliver:
+            # A resend: of a QoS 2 message already PUBREC'd, answered PUBREC again [MQTT-4.3.3-10];
+            # of one the broker has not acknowledged yet, by that acknowledgement.
+            if step.reply is not None:
+                self._reply(step.reply_bytes(packet_id, self.protocol_level))
+            return None
+        if refusal:
+            self.acknowledge(qos, packet_id, refusal)
+            return None
         return MessageReceived(message, packet_id)
 
     def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0, wait: int = 0) -> None:
