@@ -1,31 +1,45 @@
 """Sans-IO MQTT 3.1.1 / 5.0 client role: the protocol machine of one client across its connections.
 
-The sibling of ``session.Connection`` (the server role), with the same shape: ``receive_data(bytes)``
-feeds what the network delivered, ``next_event(now)`` returns what the application must see, one at a
-time, and ``take_output(now)`` returns the bytes to write. Packet ids, the QoS 1/2 flows in both
-directions, the send window (the server's Receive Maximum), resending after a reconnect and keep-alive
-are handled here; the clock is passed in. Nothing here awaits, and nothing imports trio or sockets
-(a test walks the imports). The simulated devices and the upstream bridge drive it from trio
-(``edgebus.client_trio``).
+The sibling of ``edgebus.core.server.Connection`` (the server role), with the same shape:
+``receive_data(bytes)`` feeds what the network delivered, ``next_event(now)`` returns what the
+application must see (``edgebus.core.client_events``), one at a time, and ``take_output(now)`` returns
+the bytes to write. The QoS 1/2 flows in both directions, their packet ids, the send window (the
+server's Receive Maximum) and resending after a reconnect are the flows of ``edgebus.core.flows``,
+driven from here; so is keep-alive, with the clock passed in. Nothing here awaits, and nothing imports
+trio or sockets (a test walks the imports). The simulated devices and the upstream bridge drive it from
+trio (``edgebus.client_trio``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from edgebus.core.flows import FlowState, allocate_packet_id
+from edgebus.core.client_events import (
+    ClientOptions,
+    ClientState,
+    Connected,
+    ConnectionRefused,
+    DisconnectReceived,
+    Event,
+    KeepAliveTimeout,
+    MessageReceived,
+    ProtocolViolation,
+    PublishAcknowledged,
+    SubscribeAcknowledged,
+    UnsubscribeAcknowledged,
+)
+from edgebus.core.client_queue import OutgoingMessage, OutgoingQueue, check_publish
+from edgebus.core.flows import InboundFlows, OutboundFlows, TopicAliases, Trigger, pubrec_trigger
 from edgebus.protocol.decoder import MAX_PACKET_SIZE, PacketDecoder
-from edgebus.protocol.encoder import encode, encode_publish
-from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, ReasonCode
+from edgebus.protocol.encoder import encode
+from edgebus.protocol.enums import MQTT_5, ReasonCode
 from edgebus.protocol.errors import ProtocolError, protocol_violation
 from edgebus.protocol.packets import (
     NO_PROPERTIES,
     Auth,
     ConnAck,
-    Connect,
     Disconnect,
     Packet,
     PingReq,
@@ -41,7 +55,6 @@ from edgebus.protocol.packets import (
     Subscription,
     UnsubAck,
     Unsubscribe,
-    Will,
 )
 
 #: Receive Maximum assumed when the server sends none (§3.2.2.3.3: absent means 65,535).
@@ -64,173 +77,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ClientOptions:
-    """What the client asks for in CONNECT, and its own limits."""
-
-    client_id: str
-    protocol_level: int = MQTT_5
-    clean_start: bool = True  # "Clean Session" on 3.1.1
-    keep_alive: int = 60  # seconds; 0 disables keep-alive
-    session_expiry_interval: int = 0  # seconds, MQTT 5 only; 0xFFFFFFFF never expires
-    will: Will | None = None
-    username: str | None = None
-    password: bytes | None = None
-    receive_maximum: int = 65535  # our inbound window (MQTT 5 announces it)
-    max_inflight: int = 65535  # cap on our outbound window, whatever the server allows
-    maximum_packet_size: int = MAX_PACKET_SIZE  # largest packet we accept (announced on MQTT 5)
-    topic_alias_maximum: int = 0  # inbound topic aliases we accept (MQTT 5)
-    max_queued_messages: int = 100_000  # PUBLISH calls not yet sent; `publish` refuses beyond
-    auto_acknowledge: bool = True  # send PUBACK / PUBREC at once; else the application calls acknowledge()
-    ping_timeout: float | None = None  # seconds to wait for PINGRESP; None: the keep-alive interval
-    connect_properties: Properties = NO_PROPERTIES  # extra CONNECT properties (user properties ...)
-
-    def __post_init__(self) -> None:
-        if self.protocol_level not in (MQTT_3_1_1, MQTT_5):
-            raise ValueError(f"protocol_level must be 4 (3.1.1) or 5, not {self.protocol_level!r}")
-        if not 0 <= self.keep_alive <= 0xFFFF:
-            raise ValueError("keep_alive must be 0..65535 seconds")
-        if not 1 <= self.receive_maximum <= 0xFFFF or self.max_inflight < 1:
-            raise ValueError("receive_maximum must be 1..65535 and max_inflight at least 1")
-
-
-class ClientState(enum.Enum):
-    DISCONNECTED = 1  # no network connection
-    CONNECTING = 2  # CONNECT queued, no CONNACK yet
-    CONNECTED = 3
-    CLOSING = 4  # the connection must close once the output taken so far is written
-
-
-class OutgoingMessage:
-    """A PUBLISH the application asked for, from `publish` to its acknowledgement. ``fixed_id`` is a
-    packet id the application chose (0: allocate one when sent); ``dup`` sets DUP on the first send."""
-
-    __slots__ = (
-        "dup",
-        "fixed_id",
-        "packet_id",
-        "payload",
-        "properties",
-        "qos",
-        "retain",
-        "state",
-        "token",
-        "topic",
-    )
-
-    def __init__(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        properties: Properties,
-        token: object,
-        fixed_id: int = 0,
-        dup: bool = False,
-    ) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.properties = properties
-        self.token = token
-        self.fixed_id = fixed_id
-        self.dup = dup
-        self.packet_id = 0
-        self.state = FlowState.QUEUED
-
-
-# --- events for the application ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """CONNACK accepted the connection. ``session_present`` tells whether the server kept our session."""
-
-    connack: ConnAck
-
-    @property
-    def session_present(self) -> bool:
-        return self.connack.session_present
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRefused:
-    """CONNACK refused the connection (3.1.1 return code or 5.0 reason code >= 0x80)."""
-
-    connack: ConnAck
-
-    @property
-    def reason_code(self) -> int:
-        return self.connack.reason_code
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """An application message from the server; ``publish.topic`` is resolved from a topic alias.
-    With ``auto_acknowledge`` off, call ``acknowledge(publish.packet_id)`` for QoS 1/2."""
-
-    publish: Publish
-
-
-@dataclass(frozen=True, slots=True)
-class PublishAcknowledged:
-    """The end of an outbound QoS 1/2 flow: PUBACK, PUBCOMP, or a PUBREC with a failure reason code.
-    ``token`` is what was given to `publish`."""
-
-    token: object
-    qos: int
-    packet_id: int
-    reason_code: int
-
-    @property
-    def success(self) -> bool:
-        return self.reason_code < 0x80
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribeAcknowledged:
-    suback: SubAck
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeAcknowledged:
-    unsuback: UnsubAck
-
-
-@dataclass(frozen=True, slots=True)
-class DisconnectReceived:
-    """The server sent DISCONNECT (MQTT 5): the connection is over."""
-
-    disconnect: Disconnect
-
-
-@dataclass(frozen=True, slots=True)
-class KeepAliveTimeout:
-    """No PINGRESP came in time: the connection is to be considered broken (§3.1.2.10, §4.13)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation:
-    """The server broke the protocol; on MQTT 5 a DISCONNECT with ``error.reason_code`` is queued."""
-
-    error: ProtocolError
-
-
-Event = (
-    Connected
-    | ConnectionRefused
-    | MessageReceived
-    | PublishAcknowledged
-    | SubscribeAcknowledged
-    | UnsubscribeAcknowledged
-    | DisconnectReceived
-    | KeepAliveTimeout
-    | ProtocolViolation
-)
-
-
 class MqttClient:
     """The client's protocol machine: a session that outlives connections, and the current connection.
 
@@ -249,28 +95,25 @@ class MqttClient:
         # The session (§4.1, client side): outbound QoS 1/2 messages in flight by packet id in the
         # order first sent (the order they are resent in), and the inbound QoS 2 packet ids PUBREC'd
         # and awaiting PUBREL.
-        self.inflight: dict[int, OutgoingMessage] = {}
+        self.inflight: OutboundFlows[OutgoingMessage] = OutboundFlows()
+        self.inflight.window = min(DEFAULT_RECEIVE_MAXIMUM, options.max_inflight)
         self.inbound_qos2: set[int] = set()
-        self.queue: deque[OutgoingMessage] = deque()  # published, not yet sent
-        # Packet ids chosen by the application for queued messages -> how many queued messages chose
-        # each: the allocator leaves them alone, so an id it hands out (SUBSCRIBE ...) cannot collide.
-        self._fixed_ids: dict[int, int] = {}
+        self.queue = OutgoingQueue()  # published, not yet sent
         self._pending_requests: dict[int, type[Subscribe] | type[Unsubscribe]] = {}
-        self._unacked_in: dict[int, int] = {}  # inbound QoS 1/2 packet id -> QoS, not yet acknowledged
-        self._next_packet_id = 1
+        # The current connection's side of the inbound flows, and its topic aliases.
+        self.inbound = InboundFlows(self.inbound_qos2, self.protocol_level, options.receive_maximum)
+        self.aliases = TopicAliases(options.topic_alias_maximum)
         self._control: list[bytes] = []
         self._packets: deque[Packet] = deque()
         self._error: ProtocolError | None = None
         self._events: deque[Event] = deque()
         # What the server told us in CONNACK.
         self.connack: ConnAck | None = None
-        self.send_window = min(DEFAULT_RECEIVE_MAXIMUM, options.max_inflight)
         self.keep_alive = options.keep_alive
         self.server_maximum_qos = 2
         self.server_retain_available = True
         self.server_maximum_packet_size = MAX_PACKET_SIZE
         self.assigned_client_id: str | None = None
-        self._aliases_in: dict[int, str] = {}
         # Keep-alive bookkeeping: when we last wrote a packet, and when a PINGREQ went unanswered.
         self._last_sent = 0.0
         self._ping_sent_at: float | None = None
@@ -280,6 +123,12 @@ class MqttClient:
     @property
     def is_connected(self) -> bool:
         return self.state is ClientState.CONNECTED
+
+    @property
+    def send_window(self) -> int:
+        """How many QoS 1/2 messages may be in flight at once: the server's Receive Maximum, capped
+        by ``max_inflight`` [MQTT-4.9.0-1]."""
+        return self.inflight.window
 
     def connect(self, now: float) -> None:
         """A new network connection is open: queue CONNECT. With Clean Start the session is
@@ -295,31 +144,10 @@ class MqttClient:
         self._packets.clear()
         self._error = None
         self._control = []
-        self._aliases_in = {}
-        self._unacked_in = {}
+        self.aliases = TopicAliases(options.topic_alias_maximum)  # [MQTT-3.3.2-7]
+        self.inbound = InboundFlows(self.inbound_qos2, self.protocol_level, options.receive_maximum)
         self.connack = None
-        properties = options.connect_properties
-        if options.protocol_level == MQTT_5:
-            properties = _replace_properties(
-                properties,
-                session_expiry_interval=options.session_expiry_interval or None,
-                receive_maximum=options.receive_maximum if options.receive_maximum != 65535 else None,
-                maximum_packet_size=(
-                    options.maximum_packet_size if options.maximum_packet_size < MAX_PACKET_SIZE else None
-                ),
-                topic_alias_maximum=options.topic_alias_maximum or None,
-            )
-        connect = Connect(
-            client_id=options.client_id,
-            protocol_level=options.protocol_level,
-            clean_start=options.clean_start,
-            keep_alive=options.keep_alive,
-            will=options.will,
-            username=options.username,
-            password=options.password,
-            properties=properties,
-        )
-        self._control.append(encode(connect, options.protocol_level))
+        self._control.append(encode(options.connect_packet(), options.protocol_level))
         self.state = ClientState.CONNECTING
         self._last_sent = now
         self._ping_sent_at = None
@@ -339,22 +167,18 @@ class MqttClient:
         self._control = []
         self._packets.clear()
         self._pending_requests.clear()
-        self._unacked_in = {}
         self._ping_sent_at = None
 
     def _discard_session(self) -> None:
         # In-flight messages the server will never acknowledge now go back to the queue, in order,
         # as new messages; a QoS 2 message past PUBREC reached the server, so it is complete.
-        requeue = [m for m in self.inflight.values() if m.state is not FlowState.AWAIT_PUBCOMP]
-        for message in self.inflight.values():
-            if message.state is FlowState.AWAIT_PUBCOMP:
-                self._events.append(PublishAcknowledged(message.token, message.qos, message.packet_id, 0))
-        self.inflight = {}
-        for message in reversed(requeue):
-            message.state = FlowState.QUEUED
-            message.packet_id = 0
-            self._queue_front(message)
-        self.inbound_qos2 = set()
+        inflight = self.inflight
+        requeue = inflight.withdraw()
+        for pid, message in inflight.items():
+            self._events.append(PublishAcknowledged(message.token, message.qos, pid, 0))
+        inflight.clear()
+        self.queue.requeue(requeue)
+        self.inbound_qos2.clear()
 
     # --- the application's requests ----------------------------------------------------------------
 
@@ -377,21 +201,12 @@ class MqttClient:
         same id and the receiver de-duplicates it [MQTT-4.3.3-10]); the message then waits in the queue
         while another flow still uses that id [MQTT-2.2.1-3]. ``dup`` sets DUP on its first transmission:
         it may have been sent before, on an earlier connection [MQTT-3.3.1-1]."""
-        if qos not in (0, 1, 2):
-            raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
-        if not topic or "+" in topic or "#" in topic:
-            # [MQTT-3.3.2-2]: the Topic Name in a PUBLISH MUST NOT contain wildcard characters.
-            raise ValueError(f"not a valid topic name: {topic!r}")
-        if qos == 0 and (packet_id or dup):
-            # [MQTT-2.2.1-2]: no packet id with QoS 0; [MQTT-3.3.1-2]: DUP 0 for every QoS 0 message.
-            raise ValueError("a QoS 0 message has neither a packet identifier nor DUP")
-        if not 0 <= packet_id <= 0xFFFF:
-            raise ValueError(f"packet identifier must be 1..65535 (0: allocate), not {packet_id!r}")
+        check_publish(topic, qos, packet_id, dup)
         if qos == 0 and self.state is ClientState.DISCONNECTED:
             return False
         if len(self.queue) >= self.options.max_queued_messages:
             return False
-        self._queue_back(OutgoingMessage(topic, payload, qos, retain, properties, token, packet_id, dup))
+        self.queue.append(OutgoingMessage(topic, payload, qos, retain, properties, token, packet_id, dup))
         return True
 
     def release(self, packet_id: int, token: object = None) -> None:
@@ -408,41 +223,8 @@ class MqttClient:
             raise ValueError(f"packet identifier {packet_id} is in use [MQTT-2.2.1-3]")
         message = OutgoingMessage("", b"", 2, False, NO_PROPERTIES, token)
         message.packet_id = packet_id
-        message.state = FlowState.AWAIT_PUBCOMP
-        self.inflight[packet_id] = message
-        self._control.append(encode(PubRel(packet_id), self.protocol_level))
-
-    def _queue_back(self, message: OutgoingMessage) -> None:
-        self.queue.append(message)
-        if message.fixed_id:
-            self._fixed_ids[message.fixed_id] = self._fixed_ids.get(message.fixed_id, 0) + 1
-
-    def _queue_front(self, message: OutgoingMessage) -> None:
-        self.queue.appendleft(message)
-        if message.fixed_id:
-            self._fixed_ids[message.fixed_id] = self._fixed_ids.get(message.fixed_id, 0) + 1
-
-    def _dequeue(self) -> OutgoingMessage:
-        message = self.queue.popleft()
-        fixed = message.fixed_id
-        if fixed:
-            left = self._fixed_ids[fixed] - 1
-            if left:
-                self._fixed_ids[fixed] = left
-            else:
-                del self._fixed_ids[fixed]
-        return message
-
-    def _head_blocked(self) -> bool:
-        """Whether the first queued message cannot go out now: the send window is full, or the packet
-        id it chose is still used by another flow or request [MQTT-2.2.1-3]."""
-        message = self.queue[0]
-        if not message.qos:
-            return False
-        if len(self.inflight) >= self.send_window:
-            return True
-        fixed = message.fixed_id
-        return bool(fixed) and (fixed in self.inflight or fixed in self._pending_requests)
+        step = self.inflight.release(packet_id, message)
+        self._control.append(step.reply_bytes(packet_id, self.protocol_level))
 
     def subscribe(self, subscriptions: Sequence[Subscription], properties: Properties = NO_PROPERTIES) -> int:
         """Queue a SUBSCRIBE; returns its packet id (the SubscribeAcknowledged event carries it)."""
@@ -463,35 +245,22 @@ class MqttClient:
     def _request_id(self, kind: type[Subscribe] | type[Unsubscribe]) -> int:
         if self.state not in (ClientState.CONNECTING, ClientState.CONNECTED):
             raise RuntimeError(f"{kind.__name__} needs a connection (state {self.state.name})")
-        pid = self._allocate_packet_id()
+        pid = self.inflight.allocate(self._reserved)
         self._pending_requests[pid] = kind
         return pid
 
     def acknowledge(self, packet_id: int, reason_code: int = 0) -> None:
         """Send the PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound message, when ``auto_acknowledge``
-        is off: call it once the message is as safe as the application promises."""
-        qos = self._unacked_in.pop(packet_id, None)
-        if qos is None or self.state is not ClientState.CONNECTED:
-            return
-        level = self.protocol_level
-        if level != MQTT_5:
-            reason_code = 0
-        if qos == 1:
-            self._control.append(encode(PubAck(packet_id, reason_code), level))
-        else:
-            if reason_code < 0x80:
-                self.inbound_qos2.add(packet_id)
-            self._control.append(encode(PubRec(packet_id, reason_code), level))
+        is off: call it once the message is as safe as the application promises. Past a lost
+        connection a QoS 2 message still counts as received: its resend is not handed on again."""
+        step = self.inbound.acknowledge(packet_id, reason_code)
+        if step.reply is not None and self.state is ClientState.CONNECTED:
+            self._control.append(step.reply_bytes(packet_id, self.protocol_level, reason_code))
 
-    def _allocate_packet_id(self) -> int:
-        """A packet id no outbound flow or request uses [MQTT-2.2.1-3], and no queued message chose."""
-        inflight = self.inflight
-        requests = self._pending_requests
-        fixed = self._fixed_ids
-        pid, self._next_packet_id = allocate_packet_id(
-            self._next_packet_id, lambda pid: pid in inflight or pid in requests or pid in fixed
-        )
-        return pid
+    def _reserved(self, packet_id: int) -> bool:
+        """Whether a request uses ``packet_id`` or a queued message chose it: the allocator leaves it
+        alone [MQTT-2.2.1-3]."""
+        return packet_id in self._pending_requests or self.queue.chose(packet_id)
 
     # --- input -------------------------------------------------------------------------------------
 
@@ -550,13 +319,14 @@ class MqttClient:
         if isinstance(packet, Publish):
             return self._on_publish(packet)
         if isinstance(packet, PubAck):
-            return self._on_puback(packet)
+            return self._on_ack(Trigger.PUBACK, packet.packet_id, packet.reason_code)
         if isinstance(packet, PubRec):
-            return self._on_pubrec(packet)
+            return self._on_ack(pubrec_trigger(packet.reason_code), packet.packet_id, packet.reason_code)
+        if isinstance(packet, PubComp):
+            return self._on_ack(Trigger.PUBCOMP, packet.packet_id, packet.reason_code)
         if isinstance(packet, PubRel):
-            self._on_pubrel(packet)
-        elif isinstance(packet, PubComp):
-            return self._on_pubcomp(packet)
+            step = self.inbound.release(packet.packet_id)  # [MQTT-4.3.3-11]
+            self._control.append(step.reply_bytes(packet.packet_id, self.protocol_level))
         elif isinstance(packet, PingResp):
             self._ping_sent_at = None
         elif isinstance(packet, SubAck | UnsubAck):
@@ -594,7 +364,7 @@ class MqttClient:
         options = self.options
         if self.protocol_level == MQTT_5:
             receive_maximum = props.receive_maximum or DEFAULT_RECEIVE_MAXIMUM
-            self.send_window = min(receive_maximum, options.max_inflight)
+            self.inflight.window = min(receive_maximum, options.max_inflight)  # [MQTT-4.9.0-1]
             if props.server_keep_alive is not None:
                 self.keep_alive = props.server_keep_alive  # [MQTT-3.2.2-21]
             self.server_maximum_qos = 2 if props.maximum_qos is None else props.maximum_qos
@@ -604,7 +374,7 @@ class MqttClient:
             if props.assigned_client_identifier is not None:
                 self.assigned_client_id = props.assigned_client_identifier
         else:
-            self.send_window = options.max_inflight
+            self.inflight.window = options.max_inflight
         if not connack.session_present:
             # The server has no session for us: ours is discarded [MQTT-3.2.2-5] (§4.1 of 3.1.1),
             # and what it had in flight is sent again as new messages.
@@ -613,124 +383,57 @@ class MqttClient:
             # Resend unacknowledged PUBLISH (DUP set) and PUBREL packets with their original packet
             # ids, in the order first sent [MQTT-4.4.0-1] [MQTT-4.6.0-1].
             level = self.protocol_level
-            for pid, message in self.inflight.items():
-                if message.state is FlowState.AWAIT_PUBCOMP:
-                    self._control.append(encode(PubRel(pid), level))
-                else:
-                    self._control.append(self._encode_message(message, dup=True))
+            self._control.extend(
+                self.inflight.resend(level, lambda _, message: message.encode(level, dup=True))
+            )
         return Connected(connack)
 
     def _on_publish(self, packet: Publish) -> Event | None:
-        topic = packet.topic
         alias = packet.properties.topic_alias
         if alias is not None:
-            # [MQTT-3.3.2-9] [MQTT-3.3.2-10]: 0 or above our Topic Alias Maximum is an error.
-            if not 1 <= alias <= self.options.topic_alias_maximum:
-                raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
-            if topic:
-                self._aliases_in[alias] = topic
-            else:
-                known = self._aliases_in.get(alias)
-                if known is None:
-                    raise protocol_violation(f"unknown topic alias {alias}")
-                topic = known
-                packet = Publish(
-                    topic,
-                    packet.payload,
-                    packet.qos,
-                    packet.retain,
-                    packet.dup,
-                    packet.packet_id,
-                    packet.properties,
-                )
+            topic = self.aliases.resolve(alias, packet.topic)
+            if not packet.topic:  # the application sees the topic the alias stands for
+                packet = replace(packet, topic=topic)
         qos = packet.qos
         if qos == 0:
             return MessageReceived(packet)
         pid = packet.packet_id
         assert pid is not None
-        if qos == 2 and pid in self.inbound_qos2:
-            # A resend of a QoS 2 message already PUBREC'd: PUBREC again, deliver nothing again
-            # [MQTT-4.3.3-9] (receiver side, Method B is the server's; we use "deliver on PUBLISH").
-            self._control.append(encode(PubRec(pid), self.protocol_level))
+        step = self.inbound.receive(pid, qos)
+        if not step.deliver:
+            # A resend: of a QoS 2 message already PUBREC'd, answered PUBREC again [MQTT-4.3.3-10];
+            # of one the application has not acknowledged yet, by that acknowledgement.
+            if step.reply is not None:
+                self._control.append(step.reply_bytes(pid, self.protocol_level))
             return None
-        if pid in self._unacked_in:
-            return None  # a resend of a message the application has not acknowledged yet
-        if len(self._unacked_in) + len(self.inbound_qos2) >= self.options.receive_maximum and (
-            self.protocol_level == MQTT_5
-        ):
-            # The server sent more unacknowledged QoS 1/2 PUBLISH packets than our Receive Maximum
-            # [MQTT-3.3.4-9]: DISCONNECT 0x93.
-            raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "server exceeded our receive maximum")
-        self._unacked_in[pid] = qos
         if self.options.auto_acknowledge:
             self.acknowledge(pid)
         return MessageReceived(packet)
 
-    def _on_puback(self, packet: PubAck) -> Event | None:
-        message = self.inflight.get(packet.packet_id)
-        if message is None or message.state is not FlowState.AWAIT_PUBACK:
-            return None  # a late or stray PUBACK changes nothing
-        del self.inflight[packet.packet_id]
-        return PublishAcknowledged(message.token, 1, packet.packet_id, packet.reason_code)
-
-    def _on_pubrec(self, packet: PubRec) -> Event | None:
-        pid = packet.packet_id
-        message = self.inflight.get(pid)
-        level = self.protocol_level
-        if message is None or message.state is FlowState.AWAIT_PUBACK:
-            # §4.3.3: a PUBREC for an id we have no QoS 2 flow for: PUBREL 0x92 on 5.0.
-            self._control.append(encode(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), level))
+    def _on_ack(self, trigger: Trigger, packet_id: int, reason_code: int) -> Event | None:
+        """PUBACK, PUBREC or PUBCOMP for an outbound flow: the end of the flow is an event."""
+        inflight = self.inflight
+        message = inflight.get(packet_id)
+        step = inflight.advance(packet_id, message, trigger)
+        if step.reply is not None:
+            self._control.append(step.reply_bytes(packet_id, self.protocol_level))
+        if message is None or not (step.advanced or step.ended):
             return None
-        if message.state is FlowState.AWAIT_PUBCOMP:
-            self._control.append(encode(PubRel(pid), level))  # our PUBREL was lost with a connection
-            return None
-        if packet.reason_code >= 0x80:
-            # A failed PUBREC ends the flow; the packet id is free again [MQTT-4.3.3-4] (5.0).
-            del self.inflight[pid]
-            return PublishAcknowledged(message.token, 2, pid, packet.reason_code)
-        message.state = FlowState.AWAIT_PUBCOMP
-        # The message is no longer needed once PUBREC arrived: only the id stays until PUBCOMP.
-        message.payload = b""
-        self._control.append(encode(PubRel(pid), level))  # [MQTT-4.3.3-4]
+        if step.ended:
+            return PublishAcknowledged(message.token, message.qos, packet_id, reason_code)
+        message.payload = b""  # past PUBREC only the packet id is needed, until PUBCOMP [MQTT-4.3.3-6]
         return None
 
-    def _on_pubrel(self, packet: PubRel) -> None:
-        pid = packet.packet_id
-        if pid in self.inbound_qos2:
-            self.inbound_qos2.discard(pid)
-            self._control.append(encode(PubComp(pid), self.protocol_level))  # [MQTT-4.3.3-11]
-        else:
-            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-            self._control.append(encode(PubComp(pid, code), self.protocol_level))
-
-    def _on_pubcomp(self, packet: PubComp) -> Event | None:
-        message = self.inflight.get(packet.packet_id)
-        if message is None or message.state is not FlowState.AWAIT_PUBCOMP:
-            return None
-        del self.inflight[packet.packet_id]
-        return PublishAcknowledged(message.token, 2, packet.packet_id, packet.reason_code)
-
     # --- output ------------------------------------------------------------------------------------
-
-    def _encode_message(self, message: OutgoingMessage, dup: bool = False) -> bytes:
-        return encode_publish(
-            message.topic,
-            message.payload,
-            qos=message.qos,
-            retain=message.retain,
-            dup=dup or message.dup,
-            packet_id=message.packet_id or None,
-            protocol_level=self.protocol_level,
-            properties=message.properties,
-        )
 
     def has_output(self) -> bool:
         """Whether `take_output` would return packets now (keep-alive aside)."""
         if self._control:
             return True
-        if self.state is not ClientState.CONNECTED or not self.queue:
+        queue = self.queue
+        if self.state is not ClientState.CONNECTED or not queue:
             return False
-        return not self._head_blocked()
+        return not queue.head_blocked(self.inflight, self._pending_requests)
 
     def take_output(self, now: float) -> list[bytes]:
         """The packets to write now: control packets, then queued messages as far as the send window
@@ -742,9 +445,9 @@ class MqttClient:
             queue = self.queue
             inflight = self.inflight
             while queue:
-                if self._head_blocked():
+                if queue.head_blocked(inflight, self._pending_requests):
                     break  # in order: nothing overtakes a message that waits
-                message = self._dequeue()
+                message = queue.popleft()
                 qos = message.qos
                 if qos > self.server_maximum_qos or (message.retain and not self.server_retain_available):
                     # The server told us it does not support this [MQTT-3.2.2-11] [MQTT-3.2.2-14]:
@@ -758,10 +461,9 @@ class MqttClient:
                         self._events.append(PublishAcknowledged(message.token, qos, 0, code))
                     continue
                 if qos:
-                    message.packet_id = message.fixed_id or self._allocate_packet_id()
-                    message.state = FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC
-                    inflight[message.packet_id] = message
-                out.append(self._encode_message(message))
+                    pid = message.packet_id = message.fixed_id or inflight.allocate(self._reserved)
+                    inflight.send(pid, message, qos)
+                out.append(message.encode(self.protocol_level))
             keep_alive = self.keep_alive
             if keep_alive and not out and self._ping_sent_at is None and now - self._last_sent >= keep_alive:
                 out.append(encode(PingReq(), self.protocol_level))
@@ -787,9 +489,3 @@ class MqttClient:
     def unacknowledged(self) -> int:
         """Outbound messages queued or in flight."""
         return len(self.queue) + len(self.inflight)
-
-
-def _replace_properties(properties: Properties, **values: int | None) -> Properties:
-    """``properties`` with each non-None value of ``values`` set."""
-    present = {name: value for name, value in values.items() if value is not None}
-    return replace(properties, **present) if present else properties  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgebus.core.message import Message, forwarded_properties
-from edgebus.core.server import ConnectionLimits
+from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES
 from edgebus.core.topics import is_valid_topic_name
 from edgebus.protocol.encoder import encode

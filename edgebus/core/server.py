@@ -1,8 +1,10 @@
 """The server-role connection machine (sans-IO): one network connection from CONNECT to close.
 
-Bytes and a clock go in; events for the broker and bytes to write come out: packet ids, QoS 1/2
-flows both ways, receive maximum, topic aliases, keep-alive. Nothing here awaits, and nothing
-imports trio, sockets or the store (a test walks the imports).
+Bytes and a clock go in; events for the broker (edgebus.core.server_events) and bytes to write come
+out: packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases (all three applied by
+edgebus.core.flows), keep-alive. What the flows report, it records in a durable session's journal,
+and it holds back a reply until the store has committed what the reply promises. Nothing here awaits,
+and nothing imports trio, sockets or the store (a test walks the imports).
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from edgebus.core.flows import FlowState
+from edgebus.core.flows import FlowState, InboundFlows, TopicAliases, Trigger, pubrec_trigger
 from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.server_events import (
+    ConnectionLimits,
+    ConnectReceived,
+    DisconnectReceived,
+    Event,
+    MessageReceived,
+    ProtocolViolation,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
 from edgebus.core.session import Inflight, Session
 from edgebus.core.stats import Stats
 from edgebus.protocol.decoder import PacketDecoder
@@ -45,74 +56,14 @@ class ConnectionState(enum.Enum):
     CLOSED = 4
 
 
-# --- events the connection hands to the broker -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectReceived:
-    connect: Connect
-
-
-@dataclass(slots=True)  # not frozen: one per PUBLISH, and frozen __init__ is slower
-class MessageReceived:
-    """A PUBLISH to route. For QoS 1/2 the broker calls `Connection.acknowledge` once it is safe."""
-
-    message: Message
-    packet_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribeReceived:
-    subscribe: Subscribe
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeReceived:
-    unsubscribe: Unsubscribe
-
-
-@dataclass(frozen=True, slots=True)
-class DisconnectReceived:
-    disconnect: Disconnect
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation:
-    """The connection must close; on v5 with a DISCONNECT carrying ``error.reason_code`` first."""
-
-    error: ProtocolError
-
-
-Event = (
-    ConnectReceived
-    | MessageReceived
-    | SubscribeReceived
-    | UnsubscribeReceived
-    | DisconnectReceived
-    | ProtocolViolation
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What this broker announces and enforces on every connection."""
-
-    max_packet_size: int = 268_435_460
-    receive_maximum: int = 65535  # our inbound window
-    max_inflight: int = 65535  # cap on our outbound window
-    topic_alias_maximum: int = 0  # inbound aliases we accept
-    max_qos: int = 2
-    retain_available: bool = True
-
-
 class Connection:
     """The protocol machine of one network connection, server role.
 
     `receive_data` feeds bytes; `next_event` returns what the broker must act on, one at a time
     (so a CONNECT is answered before the packets pipelined behind it are looked at); the rules
     the broker need not see (acks, pings, QoS 2 duplicates, aliases, flow control) are applied
-    here. `take_output` returns the bytes to write, stamping packet ids and aliases on queued
-    deliveries as the send window allows.
+    here, the QoS 1/2 ones by the flows of edgebus.core.flows. `take_output` returns the bytes to
+    write, stamping packet ids and aliases on queued deliveries as the send window allows.
     """
 
     __slots__ = (
@@ -121,19 +72,16 @@ class Connection:
         "_held",
         "_packet_index",
         "_packets",
-        "_unacked_in",
-        "aliases_in",
-        "aliases_out",
+        "aliases",
         "client_id",
         "client_max_packet_size",
-        "client_topic_alias_maximum",
         "committed_seq",
         "decoder",
+        "inbound",
         "keep_alive",
         "limits",
         "on_hold",
         "protocol_level",
-        "send_window",
         "session",
         "session_expiry_at_connect",
         "state",
@@ -161,15 +109,12 @@ class Connection:
         self._held: deque[tuple[int, bytes]] = deque()
         self.committed_seq = 0
         # Called when the first reply is held, so the broker knows to call `release` on commits.
-        self.on_hold: Callable[[Connection], None] = _nothing_for
+        self.on_hold: Callable[[Connection], None] = _nothing
         # What the client told us in CONNECT (§3.1.2.11).
-        self.send_window = limits.max_inflight
         self.client_max_packet_size = 268_435_460
-        self.client_topic_alias_maximum = 0
-        self.aliases_in: dict[int, str] = {}
-        self.aliases_out: dict[str, int] = {}
-        # Inbound QoS 1/2 PUBLISH packet ids not yet acknowledged by the broker.
-        self._unacked_in: dict[int, int] = {}
+        self.aliases = TopicAliases(limits.topic_alias_maximum)
+        # The receiver's side of the QoS 1/2 flows, from `accept` on (the session holds the rest).
+        self.inbound: InboundFlows | None = None
         self.session_expiry_at_connect = 0
 
     # --- input ---------------------------------------------------------------------------------
@@ -227,13 +172,13 @@ class Connection:
             # The first packet from a client MUST be CONNECT [MQTT-3.1.0-1].
             raise protocol_violation("first packet is not CONNECT")
         if isinstance(packet, PubAck):
-            self._on_puback(packet)
+            self._on_ack(Trigger.PUBACK, packet.packet_id)
         elif isinstance(packet, PubRec):
-            self._on_pubrec(packet)
+            self._on_ack(pubrec_trigger(packet.reason_code), packet.packet_id)
         elif isinstance(packet, PubRel):
-            self._on_pubrel(packet)
+            self._on_pubrel(packet.packet_id)
         elif isinstance(packet, PubComp):
-            self._on_pubcomp(packet)
+            self._on_ack(Trigger.PUBCOMP, packet.packet_id)
         elif isinstance(packet, PingReq):
             self._reply(encode(PingResp(), self.protocol_level))  # [MQTT-3.12.4-1]
         elif isinstance(packet, Subscribe):
@@ -266,27 +211,16 @@ class Connection:
             raise ProtocolError(ReasonCode.QOS_NOT_SUPPORTED, f"QoS {qos} exceeds Maximum QoS")
         if packet.retain and not self.limits.retain_available:
             raise ProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED, "retain is not available")  # [MQTT-3.2.2-14]
+        refusal = 0
         if self.protocol_level == MQTT_5:
             alias = props.topic_alias
             if alias is not None:
-                # [MQTT-3.3.2-9] [MQTT-3.3.2-10]: 0 and values above our Topic Alias Maximum.
-                if alias > self.limits.topic_alias_maximum:
-                    raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
-                if topic:
-                    self.aliases_in[alias] = topic
-                else:
-                    known = self.aliases_in.get(alias)
-                    if known is None:
-                        raise protocol_violation(f"unknown topic alias {alias}")
-                    topic = known
+                topic = self.aliases.resolve(alias, topic)
             if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
                 # §3.3.2.3.2: the receiver may check the payload format and answer 0x99.
                 if qos == 0:
                     raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8")
-                assert packet.packet_id is not None
-                self._begin_inbound(packet.packet_id, qos)
-                self.acknowledge(qos, packet.packet_id, ReasonCode.PAYLOAD_FORMAT_INVALID)
-                return None
+                refusal = ReasonCode.PAYLOAD_FORMAT_INVALID
             expiry = props.message_expiry_interval
             message = Message(
                 topic,
@@ -301,111 +235,72 @@ class Connection:
             message = Message(topic, packet.payload, qos, packet.retain, publisher_id=self.client_id)
         if qos == 0:
             return MessageReceived(message, 0)
+        inbound = self.inbound
         packet_id = packet.packet_id
-        assert packet_id is not None
-        session = self.session
-        assert session is not None
-        if qos == 2 and packet_id in session.inbound_qos2:
-            # A resend of a QoS 2 PUBLISH already PUBREC'd: answer PUBREC again, deliver nothing
-            # again [MQTT-4.3.3-10].
-            self._reply(encode(PubRec(packet_id), self.protocol_level))
+        assert inbound is not None and packet_id is not None
+        step = inbound.receive(packet_id, qos)
+        if not step.deliver:
+            # A resend: of a QoS 2 message already PUBREC'd, answered PUBREC again [MQTT-4.3.3-10];
+            # of one the broker has not acknowledged yet, by that acknowledgement.
+            if step.reply is not None:
+                self._reply(step.reply_bytes(packet_id, self.protocol_level))
             return None
-        if packet_id in self._unacked_in:
-            return None  # a resend of a message the broker has not acknowledged yet
-        self._begin_inbound(packet_id, qos)
+        if refusal:
+            self.acknowledge(qos, packet_id, refusal)
+            return None
         return MessageReceived(message, packet_id)
-
-    def _begin_inbound(self, packet_id: int, qos: int) -> None:
-        session = self.session
-        assert session is not None
-        unacked = len(self._unacked_in) + len(session.inbound_qos2)
-        if unacked >= self.limits.receive_maximum and self.protocol_level == MQTT_5:
-            # [MQTT-3.3.4-9]: more unacknowledged QoS>0 PUBLISH packets than our Receive Maximum.
-            raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
-        self._unacked_in[packet_id] = qos
 
     def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0, wait: int = 0) -> None:
         """Send the PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH once the store has
-        committed batch ``wait`` (0: at once): the message is as safe as the broker promises."""
-        if self._unacked_in.pop(packet_id, None) is None:
-            return
-        level = self.protocol_level
-        if level != MQTT_5:
-            # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
-            # (and counted), as Mosquitto does; withholding the ack would stall the client.
-            reason_code = 0
-        if qos == 1:
-            self._reply(encode(PubAck(packet_id, reason_code), level), wait)
-        else:
-            if reason_code < 0x80:
-                session = self.session
-                assert session is not None
-                session.inbound_qos2.add(packet_id)
-                if session.journal is not None:
-                    # The id must be on disk before PUBREC, or a resend after a crash would be
-                    # delivered twice [MQTT-4.3.3-10].
-                    wait = max(wait, session.journal.inbound_received(session, packet_id))
-            self._reply(encode(PubRec(packet_id, reason_code), level), wait)
+        committed batch ``wait`` (0: at once): the message is as safe as the broker promises.
+        (``qos`` is the PUBLISH's; its flow knows it too.)"""
+        inbound = self.inbound
+        assert inbound is not None
+        step = inbound.acknowledge(packet_id, reason_code)
+        if step.reply is None:
+            return  # nothing under this id awaits an acknowledgement
+        session = self.session
+        if step.advanced and session is not None and session.journal is not None:
+            # Now awaiting PUBREL: the id must be on disk before PUBREC, or a resend after a crash
+            # would be delivered twice [MQTT-4.3.3-10].
+            wait = max(wait, session.journal.inbound_received(session, packet_id))
+        self._reply(step.reply_bytes(packet_id, self.protocol_level, reason_code), wait)
 
-    def _on_puback(self, packet: PubAck) -> None:
-        self._finish_outbound(packet.packet_id, FlowState.AWAIT_PUBACK)  # [MQTT-4.3.2-1]
-
-    def _finish_outbound(self, packet_id: int, expected: FlowState) -> None:
-        """The last acknowledgement of an outbound flow (PUBACK, PUBCOMP): the id is free again
-        and the send window has room for what is queued."""
+    def _on_ack(self, trigger: Trigger, packet_id: int) -> None:
+        """PUBACK, PUBREC or PUBCOMP for an outbound flow."""
         session = self.session
         assert session is not None
-        flight = session.inflight.get(packet_id)
-        if flight is not None and flight.state is expected:
-            del session.inflight[packet_id]
-            if session.journal is not None:
-                session.journal.delivery_finished(session, flight.delivery)
+        inflight = session.inflight
+        flight = inflight.get(packet_id)
+        step = inflight.advance(packet_id, flight, trigger)
+        journal = session.journal
+        if step.ended:
+            assert flight is not None
+            if journal is not None:
+                journal.delivery_finished(session, flight.delivery)
             if session.outbox:
-                self.wake()
-
-    def _on_pubrec(self, packet: PubRec) -> None:
-        session = self.session
-        assert session is not None
-        pid = packet.packet_id
-        flight = session.inflight.get(pid)
-        if flight is None or flight.state is FlowState.AWAIT_PUBACK:
-            # §4.3.3: a PUBREC for an id we do not know is answered by PUBREL
-            # 0x92 Packet Identifier not found on v5.
-            self._reply(encode(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
-            return
-        if packet.reason_code >= 0x80:
-            # A failed PUBREC ends the flow: the message is discarded [MQTT-4.3.3-4] (v5).
-            del session.inflight[pid]
-            if session.journal is not None:
-                session.journal.delivery_finished(session, flight.delivery)
-            if session.outbox:
-                self.wake()
-            return
-        flight.state = FlowState.AWAIT_PUBCOMP
-        wait = 0
-        if session.journal is not None:
-            # PUBREL only once "PUBREC received" is on disk: after a crash the broker must resend
-            # PUBREL, not the PUBLISH, which the client would take for a new message.
-            wait = session.journal.delivery_pubrec(session, flight.delivery, pid)
-        self._reply(encode(PubRel(pid), self.protocol_level), wait)  # [MQTT-4.3.3-4]
-
-    def _on_pubrel(self, packet: PubRel) -> None:
-        session = self.session
-        assert session is not None
-        pid = packet.packet_id
-        if pid in session.inbound_qos2:
-            session.inbound_qos2.discard(pid)
+                self.wake()  # the id is free and the send window has room for what is queued
+        elif step.reply is not None:
             wait = 0
-            if session.journal is not None:
-                # The id's release must be on disk before PUBCOMP, or after a crash a new message
-                # reusing the id would be taken for a duplicate and lost.
-                wait = session.journal.inbound_released(session, pid)
-            self._reply(encode(PubComp(pid), self.protocol_level), wait)  # [MQTT-4.3.3-11]
-        else:
-            self._reply(encode(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND), self.protocol_level))
+            if step.advanced and journal is not None:
+                assert flight is not None
+                # Now awaiting PUBCOMP: PUBREL only once that is on disk, as after a crash the
+                # broker must resend PUBREL, not the PUBLISH [MQTT-4.3.3-6], which the client would
+                # take for a new message.
+                wait = journal.delivery_pubrec(session, flight.delivery, packet_id)
+            self._reply(step.reply_bytes(packet_id, self.protocol_level), wait)
 
-    def _on_pubcomp(self, packet: PubComp) -> None:
-        self._finish_outbound(packet.packet_id, FlowState.AWAIT_PUBCOMP)  # §4.3.3
+    def _on_pubrel(self, packet_id: int) -> None:
+        session = self.session
+        inbound = self.inbound
+        assert session is not None and inbound is not None
+        step = inbound.release(packet_id)
+        wait = 0
+        if step.ended and session.journal is not None:
+            # The id's release must be on disk before PUBCOMP, or after a crash a new message
+            # reusing the id would be taken for a duplicate and lost.
+            wait = session.journal.inbound_released(session, packet_id)
+        self._reply(step.reply_bytes(packet_id, self.protocol_level), wait)
 
     def _on_disconnect(self, packet: Disconnect) -> Event:
         if self.protocol_level == MQTT_5:
@@ -426,25 +321,20 @@ class Connection:
         session.connection = self
         self.client_id = session.client_id
         props = client.properties
-        if self.protocol_level == MQTT_5:
+        level = self.protocol_level
+        limits = self.limits
+        self.inbound = InboundFlows(session.inbound_qos2, level, limits.receive_maximum)
+        inflight = session.inflight
+        inflight.window = limits.max_inflight
+        if level == MQTT_5:
             if props.receive_maximum is not None:
-                self.send_window = min(props.receive_maximum, self.limits.max_inflight)
+                inflight.window = min(props.receive_maximum, limits.max_inflight)  # [MQTT-3.3.4-9]
             if props.maximum_packet_size is not None:
                 self.client_max_packet_size = props.maximum_packet_size
-            self.client_topic_alias_maximum = props.topic_alias_maximum or 0
+            self.aliases.outbound_maximum = props.topic_alias_maximum or 0
             self.session_expiry_at_connect = props.session_expiry_interval or 0
         self._control.append(connack)
-        level = self.protocol_level
-        for pid, flight in session.inflight.items():
-            if flight.state is FlowState.AWAIT_PUBCOMP:
-                self._reply(encode(PubRel(pid), level))
-            else:
-                d = flight.delivery
-                self._control.append(
-                    d.message.encode(
-                        level, d.qos, d.retain, dup=True, packet_id=pid, subscription_ids=d.subscription_ids
-                    )
-                )
+        self._control.extend(inflight.resend(level, lambda pid, flight: flight.resend(level, pid)))
         self.wake()
 
     def reject(self, connack: bytes) -> None:
@@ -458,13 +348,18 @@ class Connection:
         self._reply(encode(packet, self.protocol_level), wait)
 
     def _reply(self, data: bytes, wait: int = 0) -> None:
-        if wait > self.committed_seq or self._held:
-            if not self._held:
-                self.on_hold(self)
-            self._held.append((wait, data))
-            return
-        self._control.append(data)
-        self.wake()
+        if not self._held_back(data, wait):
+            self._control.append(data)
+            self.wake()
+
+    def _held_back(self, data: bytes, wait: int) -> bool:
+        """Hold ``data`` back if it must wait for commit ``wait``, or behind a reply held already."""
+        if wait <= self.committed_seq and not self._held:
+            return False
+        if not self._held:
+            self.on_hold(self)
+        self._held.append((wait, data))
+        return True
 
     def release(self, committed_seq: int) -> bool:
         """The store committed batch ``committed_seq``: replies waiting for it go out. Returns
@@ -495,7 +390,7 @@ class Connection:
         session = self.session
         if session is None or self.state is not ConnectionState.CONNECTED or not session.outbox:
             return False
-        return session.outbox.peek().qos == 0 or len(session.inflight) < self.send_window
+        return session.outbox.peek().qos == 0 or session.inflight.has_room()
 
     def take_output(self, now: float, limit_bytes: int = 1 << 62) -> list[bytes]:
         """What there is to write now, about ``limit_bytes`` at most: control packets first, then
@@ -510,11 +405,11 @@ class Connection:
         if not outbox:
             return out
         inflight = session.inflight
-        window = self.send_window
+        window = inflight.window
         level = self.protocol_level
         stats = self.stats
         max_size = self.client_max_packet_size
-        aliases = self.aliases_out if self.client_topic_alias_maximum else None
+        aliases = self.aliases if self.aliases.outbound_maximum else None
         journal = session.journal
         size = 0
         while outbox:
@@ -529,17 +424,14 @@ class Connection:
                 if journal is not None:
                     journal.delivery_finished(session, delivery)
                 continue
-            pid = session.allocate_packet_id() if qos else 0
+            pid = inflight.allocate() if qos else 0
             alias = 0
             send_topic = True
-            new_alias = False
             if aliases is not None:
-                alias = aliases.get(message.topic, 0)
-                if alias:
-                    send_topic = False
-                elif len(aliases) < self.client_topic_alias_maximum:
-                    alias = aliases[message.topic] = len(aliases) + 1
-                    new_alias = True
+                alias = aliases.known(message.topic)
+                send_topic = not alias
+                if send_topic:
+                    alias = aliases.assign(message.topic)
             data = message.encode(
                 level,
                 qos,
@@ -554,25 +446,22 @@ class Connection:
                 # Never send a packet over the client's Maximum Packet Size; the message is
                 # discarded for this client as if it had been sent [MQTT-3.1.2-24, MQTT-3.1.2-25].
                 stats.messages_too_large += 1
-                if new_alias and aliases is not None:
-                    del aliases[message.topic]
+                if aliases is not None and alias and send_topic:
+                    aliases.forget(message.topic)  # the alias was new: the client never got it
                 if journal is not None:
                     journal.delivery_finished(session, delivery)
                 continue
             if qos:
-                inflight[pid] = Inflight(
-                    delivery, FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC
-                )
-                if journal is not None and delivery.store_seq:
-                    # A QoS 2 PUBLISH goes out only once its packet id is on disk: resent after a
-                    # crash under another id, the client would deliver it twice.
-                    wait = journal.delivery_sent(session, delivery, pid)
-                    if wait > self.committed_seq or self._held:
-                        if not self._held:
-                            self.on_hold(self)
-                        self._held.append((wait, data))
-                        stats.messages_sent += 1
-                        continue
+                inflight.send(pid, Inflight(delivery, FlowState.QUEUED), qos)
+                # A QoS 2 PUBLISH goes out only once its packet id is on disk: resent after a crash
+                # under another id, the client would deliver it twice.
+                if (
+                    journal is not None
+                    and delivery.store_seq
+                    and self._held_back(data, journal.delivery_sent(session, delivery, pid))
+                ):
+                    stats.messages_sent += 1
+                    continue
             out.append(data)
             stats.messages_sent += 1
             size += len(data)
@@ -599,9 +488,5 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
-def _nothing() -> None:
-    return None
-
-
-def _nothing_for(_: Connection) -> None:
+def _nothing(*_: object) -> None:
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgebus.core.flows import FlowState, allocate_packet_id
+from edgebus.core.flows import FlowState, OutboundFlows
 from edgebus.core.outbox import Delivery, Outbox
 from edgebus.protocol.enums import RetainHandling
 
@@ -29,11 +29,25 @@ class SubscriptionOptions:
 
 
 class Inflight:
+    """One outbound QoS 1/2 delivery sent and not yet acknowledged, and where its flow stands."""
+
     __slots__ = ("delivery", "state")
 
     def __init__(self, delivery: Delivery, state: FlowState) -> None:
         self.delivery = delivery
         self.state = state
+
+    def resend(self, protocol_level: int, packet_id: int) -> bytes:
+        """The PUBLISH again, on a connection that resumed the session: DUP set [MQTT-3.3.1-1]."""
+        d = self.delivery
+        return d.message.encode(
+            protocol_level,
+            d.qos,
+            d.retain,
+            dup=True,
+            packet_id=packet_id,
+            subscription_ids=d.subscription_ids,
+        )
 
 
 class Attachment(Protocol):
@@ -66,7 +80,6 @@ class Session:
     """
 
     __slots__ = (
-        "_next_packet_id",
         "client_id",
         "connection",
         "expiry_interval",
@@ -83,29 +96,19 @@ class Session:
         self.expiry_interval = expiry_interval
         self.subscriptions: dict[str, SubscriptionOptions] = {}
         # Outbound QoS 1/2 deliveries by packet id, in the order they were first sent, which is
-        # the order they are resent in after a reconnect [MQTT-4.4.0-1].
-        self.inflight: dict[int, Inflight] = {}
+        # the order they are resent in after a reconnect [MQTT-4.4.0-1]; and the packet ids.
+        self.inflight: OutboundFlows[Inflight] = OutboundFlows()
         # Inbound QoS 2 packet ids PUBREC'd and awaiting PUBREL: a PUBLISH reusing one is a
         # duplicate and is not delivered again [MQTT-4.3.3-10].
         self.inbound_qos2: set[int] = set()
         self.connection: Attachment | None = None
         # Set for a session that outlives its connection and a broker restart (durable store).
         self.journal: Journal | None = None
-        self._next_packet_id = 1
-
-    def allocate_packet_id(self) -> int:
-        """A packet id not in use by an outbound flow [MQTT-2.2.1-3]."""
-        pid, self._next_packet_id = allocate_packet_id(self._next_packet_id, self.inflight.__contains__)
-        return pid
 
     def take_shared_deliveries(self) -> list[Delivery]:
         """Remove and return the shared-subscription deliveries this session has not yet received
         (queued, or sent and not acknowledged, but not those past PUBREC, which the client has)."""
         taken = self.outbox.remove_if(lambda d: d.share_group is not None)
-        for pid in [
-            pid
-            for pid, flight in self.inflight.items()
-            if flight.delivery.share_group is not None and flight.state is not FlowState.AWAIT_PUBCOMP
-        ]:
-            taken.append(self.inflight.pop(pid).delivery)
+        withdrawn = self.inflight.withdraw(lambda flight: flight.delivery.share_group is not None)
+        taken.extend(flight.delivery for flight in withdrawn)
         return taken

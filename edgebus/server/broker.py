@@ -17,8 +17,8 @@ from edgebus.config import Config
 from edgebus.core.connect import ConnectRefused, ServerFeatures, answer_violation, decide_connect
 from edgebus.core.message import Message
 from edgebus.core.router import RetainedIndex, Router
-from edgebus.core.server import (
-    Connection,
+from edgebus.core.server import Connection
+from edgebus.core.server_events import (
     ConnectionLimits,
     ConnectReceived,
     DisconnectReceived,

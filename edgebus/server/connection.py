@@ -10,7 +10,8 @@ import trio
 
 from edgebus.auth import NeedsHash, Verdict
 from edgebus.core.limits import RateQuota
-from edgebus.core.server import Connection, ConnectionLimits, ConnectionState
+from edgebus.core.server import Connection, ConnectionState
+from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.stats import Stats
 from edgebus.protocol.enums import MQTT_5, ReasonCode
 from edgebus.protocol.packets import Connect, Disconnect, Properties, Will

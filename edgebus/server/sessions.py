@@ -19,7 +19,7 @@ from edgebus.core.connect import (
 from edgebus.core.message import Message
 from edgebus.core.outbox import Outbox
 from edgebus.core.router import RetainedIndex, Router
-from edgebus.core.server import ConnectionLimits
+from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
 from edgebus.protocol.enums import MQTT_5, ReasonCode

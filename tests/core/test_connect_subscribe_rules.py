@@ -16,7 +16,7 @@ from edgebus.core.connect import (
     will_delay,
     will_message,
 )
-from edgebus.core.server import ConnectionLimits
+from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES
 from edgebus.core.subscribe import FAILURE_3_1_1, Grant, plan_subscribe, refusal_code, sends_retained
 from edgebus.protocol import MQTT_5, PacketDecoder

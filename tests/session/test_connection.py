@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from edgebus.core.message import Message
 from edgebus.core.outbox import Delivery, Outbox
-from edgebus.core.server import (
-    Connection,
+from edgebus.core.server import Connection
+from edgebus.core.server_events import (
     ConnectionLimits,
     ConnectReceived,
     DisconnectReceived,
