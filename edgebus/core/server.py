@@ -112,7 +112,8 @@ class Connection:
         self.on_hold: Callable[[Connection], None] = _nothing
         # What the client told us in CONNECT (§3.1.2.11).
         self.client_max_packet_size = 268_435_460
-        self.aliases = TopicAliases(limits.topic_alias_maximum)
+        # Topic aliases, from `accept` on, on 5.0 only: 3.1.1 has none (and an idle connection is smaller).
+        self.aliases: TopicAliases | None = None
         # The receiver's side of the QoS 1/2 flows, from `accept` on (the session holds the rest).
         self.inbound: InboundFlows | None = None
         self.session_expiry_at_connect = 0
@@ -215,7 +216,9 @@ class Connection:
         if self.protocol_level == MQTT_5:
             alias = props.topic_alias
             if alias is not None:
-                topic = self.aliases.resolve(alias, topic)
+                aliases = self.aliases
+                assert aliases is not None  # a PUBLISH is handled only once the connection is accepted
+                topic = aliases.resolve(alias, topic)
             if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
                 # §3.3.2.3.2: the receiver may check the payload format and answer 0x99.
                 if qos == 0:
@@ -331,7 +334,7 @@ class Connection:
                 inflight.window = min(props.receive_maximum, limits.max_inflight)  # [MQTT-3.3.4-9]
             if props.maximum_packet_size is not None:
                 self.client_max_packet_size = props.maximum_packet_size
-            self.aliases.outbound_maximum = props.topic_alias_maximum or 0
+            self.aliases = TopicAliases(limits.topic_alias_maximum, props.topic_alias_maximum or 0)
             self.session_expiry_at_connect = props.session_expiry_interval or 0
         self._control.append(connack)
         self._control.extend(inflight.resend(level, lambda pid, flight: flight.resend(level, pid)))
@@ -409,7 +412,9 @@ class Connection:
         level = self.protocol_level
         stats = self.stats
         max_size = self.client_max_packet_size
-        aliases = self.aliases if self.aliases.outbound_maximum else None
+        aliases = self.aliases
+        if aliases is not None and not aliases.outbound_maximum:
+            aliases = None
         journal = session.journal
         size = 0
         while outbox:
