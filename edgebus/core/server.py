@@ -38,7 +38,6 @@ from edgebus.protocol.packets import (
     Packet,
     PingReq,
     PingResp,
-    Properties,
     PubAck,
     PubComp,
     Publish,
@@ -480,9 +479,6 @@ class Connection:
         if self.state is ConnectionState.AWAIT_CONNECT:
             return None
         return self.keep_alive * 1.5 if self.keep_alive else None
-
-    def properties_for_disconnect(self, reason: str) -> Properties:
-        return Properties(reason_string=reason) if reason else Properties()
 
 
 def _is_utf8(payload: bytes) -> bool:
