@@ -19,6 +19,7 @@ from edgebus.core.connect import (
 from edgebus.core.message import Message
 from edgebus.core.outbox import Outbox
 from edgebus.core.router import RetainedIndex, Router
+from edgebus.core.server import Connection
 from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
@@ -124,7 +125,8 @@ class Sessions:
         [MQTT-3.1.4-3]; its will goes out now unless the delay defers it past the new connection."""
         old_conn = session.connection
         assert old_conn is not None
-        old = self.connections.clients.get(old_conn)  # type: ignore[call-overload]
+        assert isinstance(old_conn, Connection)  # the server role's machine is the one Attachment
+        old = self.connections.clients.get(old_conn)
         session.connection = None
         if old is None:
             return
