@@ -73,6 +73,11 @@ class Sessions:
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
             self._take_over(session, connect.clean_start)
+            if session.expiry_interval == 0:
+                # A session that lasts as long as its network connection ended with the one just
+                # taken over [MQTT-3.1.2-6] (§3.1.2.11.2 on 5.0): nothing of it is resumed.
+                self.discard(session)
+                session = None
         # A will delayed from an earlier connection of this client id: a new connection before
         # the delay passes cancels it [MQTT-3.1.3-9], unless Clean Start ends the session first.
         pending = self._delayed_wills.pop(client_id, None)
@@ -131,7 +136,10 @@ class Sessions:
         if old is None:
             return
         will, old.will = old.will, None
-        if will is not None and (will_delay(will, old_conn.protocol_level) == 0 or clean_start):
+        # Sent now when its delay is 0, when the session ends with this connection (expiry 0) or
+        # when Clean Start ends it [MQTT-3.1.3-9]; else a resumed session cancels it.
+        delay = will_delay(will, old_conn.protocol_level, session.expiry_interval) if will is not None else 0
+        if will is not None and (delay == 0 or clean_start):
             self._publish_will(will, session.client_id, old_conn.protocol_level, trio.current_time())
         old.close(ReasonCode.SESSION_TAKEN_OVER)
 

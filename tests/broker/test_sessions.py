@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
 
-from tests.clients import MQTT_3_1_1, MQTT_5, PahoClient, edgebus_only
+from tests.clients import MQTT_3_1_1, MQTT_5, PahoClient, WillSpec, edgebus_only
 from tests.conftest import BrokerHandle, StartBroker
 
 
@@ -221,3 +222,69 @@ async def test_offline_queue_byte_limit(start_broker: StartBroker, paho: Callabl
     await trio.sleep(0.5)
     received += subscriber.drain_messages()
     assert [m.payload[0] for m in received] == [0, 1]
+
+
+@pytest.mark.parametrize("version", [MQTT_3_1_1, MQTT_5], ids=["v311", "v5"])
+@pytest.mark.parametrize("first_persistent", [False, True], ids=["first-clean", "first-persistent"])
+@pytest.mark.parametrize("second_persistent", [False, True], ids=["second-clean", "second-persistent"])
+async def test_takeover_finds_only_a_session_that_outlives_its_connection(
+    broker: BrokerHandle,
+    paho: Callable[..., PahoClient],
+    version: int,
+    first_persistent: bool,
+    second_persistent: bool,
+) -> None:
+    """A second connection with the same client id takes over [MQTT-3.1.4-2] / [MQTT-3.1.4-3]. The
+    first connection's session survives the takeover only if it outlives its network connection: on
+    3.1.1 a CleanSession 1 session lasts as long as the network connection [MQTT-3.1.2-6], on 5.0 a
+    Session Expiry Interval of 0 ends the session when the connection closes (§3.1.2.11.2). So Session
+    Present is 1 [MQTT-3.2.2-2] and the old subscription still delivers only when the first session was
+    persistent and the second connection resumes it; otherwise Session Present is 0 [MQTT-3.2.2-1],
+    [MQTT-3.2.2-3] and the old subscription is gone. The first connection's will (no delay) is published
+    in every case: its network connection was closed without DISCONNECT [MQTT-3.1.2-8]."""
+
+    async def connect(client: PahoClient, persistent: bool, will: WillSpec | None = None) -> bool:
+        if version == MQTT_5:
+            ack = await client.connect(
+                *broker.address,
+                clean_start=not persistent,
+                session_expiry_interval=60 if persistent else 0,
+                will=will,
+            )
+        else:
+            ack = await client.connect(*broker.address, clean_start=not persistent, will=will)
+        return ack.session_present
+
+    watcher = paho("watcher", version)
+    await watcher.connect(*broker.address)
+    await watcher.subscribe("takeover/will", 1)
+    first = paho("taken", version)
+    assert await connect(first, first_persistent, WillSpec("takeover/will", b"first gone", 1)) is False
+    await first.subscribe("takeover/old", 1)
+    second = paho("taken", version)
+    resumed = first_persistent and second_persistent
+    assert await connect(second, second_persistent) is resumed
+    assert (await watcher.expect_message()).payload == b"first gone"
+    await watcher.publish("takeover/old", b"to the old subscription", 1)
+    if resumed:
+        assert (await second.expect_message()).payload == b"to the old subscription"
+    else:
+        await second.expect_no_message()
+
+
+async def test_takeover_of_a_session_ending_with_its_connection_sends_a_delayed_will_now_v5(
+    broker: BrokerHandle, paho: Callable[..., PahoClient]
+) -> None:
+    """The Will Message is published when the Will Delay Interval passes or the session ends, whichever
+    is first [MQTT-3.1.3-9]: a session with expiry 0 ends when its connection is taken over, so its will
+    goes out at once even with a delay, and even though the new connection does not use Clean Start."""
+    watcher = paho("watcher", MQTT_5)
+    await watcher.connect(*broker.address)
+    await watcher.subscribe("takeover/will", 1)
+    first = paho("short-lived", MQTT_5)
+    will = WillSpec("takeover/will", b"ended", 1, properties={"will_delay_interval": 30})
+    await first.connect(*broker.address, session_expiry_interval=0, will=will)
+    second = paho("short-lived", MQTT_5)
+    ack = await second.connect(*broker.address, clean_start=False, session_expiry_interval=60)
+    assert ack.session_present is False
+    assert (await watcher.expect_message()).payload == b"ended"
