@@ -8,14 +8,25 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from edgebus.protocol import Auth, ConnAck, Connect, PubAck, Publish, PubRec, UnsubAck, Unsubscribe
-from edgebus.protocol.packets import Properties
+from edgebus.protocol import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    PubAck,
+    Publish,
+    PubRec,
+    UnsubAck,
+    Unsubscribe,
+)
+from edgebus.protocol.packets import Properties, Subscribe, Subscription
 from tests.clients import (
     MQTT_5,
     PahoClient,
     RawClient,
     Sub,
     assert_protocol_close,
+    edgebus_only,
     mosquitto_deviates,
     raw_packet,
     utf8,
@@ -448,3 +459,30 @@ async def test_retain_handling(
             assert (message.payload, message.retain) == (b"kept", True)
         else:
             await subscriber.expect_no_message()
+
+
+async def test_puback_says_no_matching_subscribers(broker: BrokerHandle, raw: RawFactory) -> None:
+    """A v5 publisher learns that nobody subscribed: PUBACK / PUBREC 0x10 No matching subscribers, a
+    success code, so the message counts as accepted (§3.4.2.1, §3.5.2.1)."""
+    client = await raw(broker, MQTT_5)
+    await client.mqtt_connect("lonely")
+    await client.send_packet(Publish("nobody/listens", b"x", qos=1, packet_id=1))
+    puback = await client.receive_packet()
+    assert isinstance(puback, PubAck) and (puback.packet_id, puback.reason_code) == (1, 0x10)
+    await client.send_packet(Publish("nobody/listens", b"x", qos=2, packet_id=2))
+    pubrec = await client.receive_packet()
+    assert isinstance(pubrec, PubRec) and (pubrec.packet_id, pubrec.reason_code) == (2, 0x10)
+
+
+@edgebus_only("the Reason String's text is edgebus's")
+async def test_disconnect_carries_a_reason_string(broker: BrokerHandle, raw: RawFactory) -> None:
+    """A server DISCONNECT for a protocol error says why in its Reason String (§3.14.2.2.3): here No
+    Local on a shared subscription, a Protocol Error [MQTT-3.8.3-4]."""
+    client = await raw(broker, MQTT_5)
+    await client.mqtt_connect("careless")
+    await client.send_packet(Subscribe(1, (Subscription("$share/g/t", qos=0, no_local=True),)))
+    packets = await client.expect_closed()
+    assert_protocol_close(packets, MQTT_5, {0x82})
+    (disconnect,) = packets
+    assert isinstance(disconnect, Disconnect)
+    assert disconnect.properties.reason_string == "No Local on a shared subscription"
