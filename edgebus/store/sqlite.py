@@ -190,6 +190,7 @@ class Database:
             raise sqlite3.DatabaseError(
                 f"schema version {version} is newer than this edgebus ({SCHEMA_VERSION})"
             )
+        created = version == 0
         while version < SCHEMA_VERSION:
             with _transaction(db):  # a migration applies whole or not at all (DDL included)
                 for statement in MIGRATIONS[version].split(";"):
@@ -197,7 +198,10 @@ class Database:
                         db.execute(statement)
                 version += 1
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
-            log.info("store %s: schema at version %d", self.path, version)
+            if not created:
+                log.info("store %s: migrated to schema version %d", self.path, version)
+        if created:
+            log.info("store %s: created (schema version %d)", self.path, version)
 
     def _read(self) -> StoredState:
         db = self._db

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from edgebus.store import DB_NAME, Store
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -59,3 +62,29 @@ def test_a_version_2_outbox_row_keeps_its_data_and_never_expires(tmp_path: Path)
     assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None)]}
     assert state.bridge_cursors == {"cloud": 6}
     assert state.epoch == epoch  # the epoch survives: ids already upstream stay ours
+
+
+def test_a_new_store_says_created_and_an_old_one_says_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fresh data directory is not a migration: one "created" line, no "migrated" lines.
+    caplog.set_level(logging.INFO, logger="edgebus.store")
+    fresh = Store(tmp_path / "fresh")
+    fresh.load()
+    fresh.close(clean=True)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if ": created (" in line] == [
+        f"store {tmp_path / 'fresh' / DB_NAME}: created (schema version {SCHEMA_VERSION})"
+    ]
+    assert not [line for line in lines if ": migrated to" in line]
+    caplog.clear()
+    _old_store(tmp_path / "old", 1)
+    old = Store(tmp_path / "old")
+    old.load()
+    old.close(clean=True)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if ": migrated to" in line] == [
+        f"store {tmp_path / 'old' / DB_NAME}: migrated to schema version {version}"
+        for version in range(2, SCHEMA_VERSION + 1)
+    ]
+    assert not [line for line in lines if ": created (" in line]
