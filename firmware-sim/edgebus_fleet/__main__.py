@@ -1,5 +1,5 @@
 """``python -m edgebus_fleet`` runs the edgebus-fleet command."""
 
-from edgebus_fleet.cli import main
+from edgebus_fleet.launch import main
 
 raise SystemExit(main())

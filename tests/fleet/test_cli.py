@@ -217,3 +217,23 @@ async def test_persistent_qos1_qos2_survive_a_broker_restart(tmp_path: Path, dur
     assert groups[("door-sensor", "event")]["duplicated"] == commands["duplicated"] == 0  # QoS 2
     [retained] = data["retained"]
     assert retained["checked"] == 5 and retained["matched"] == 5
+
+
+async def test_without_the_fleet_extra_the_command_names_it(tmp_path: Path) -> None:
+    # `pip install .` gives the command without the `fleet` extra: it must say what to install, not
+    # end in a traceback. rich is hidden from a real interpreter (a None entry in sys.modules makes its
+    # import fail exactly as a missing package does).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(FIRMWARE_SIM)]))
+    program = (
+        "import sys; sys.modules['rich'] = None; "
+        "from edgebus_fleet.launch import main; sys.exit(main(['--help']))"
+    )
+    with trio.fail_after(CLI_TIMEOUT_S):
+        result = await trio.run_process(
+            [sys.executable, "-c", program], capture_stdout=True, capture_stderr=True, check=False, env=env
+        )
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert b"edgebus-fleet needs rich, from the fleet extra: pip install 'edgebus[fleet]'" in result.stderr
+    helped = await run_cli("--help")
+    assert helped.returncode == 0 and b"edgebus-fleet" in helped.stdout  # with the extra it runs
