@@ -23,7 +23,9 @@ from edgebus.auth import (
     set_password,
 )
 from edgebus.bridge.transform import require_cbor, require_nats
+from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
+from edgebus.systemd import Notifier
 from edgebus.transport.listener import listener_problems
 
 log = logging.getLogger("edgebus")
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        trio.run(serve, config)
+        with unwrap_single_error():  # the nursery wraps a failed bind in an exception group
+            trio.run(serve, config)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -164,10 +167,12 @@ def _startup_problems(config: Config) -> list[str]:
 async def serve(config: Config) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully (v5 clients are sent
     DISCONNECT 0x8B Server shutting down). SIGHUP re-reads the password and ACL files, keeping every
-    connection open."""
+    connection open. Under systemd (`Type=notify`) it reports READY=1 once every listener is bound,
+    pings the watchdog, and reports STOPPING=1 when asked to stop."""
     from edgebus.server.broker import Broker
 
     broker = Broker(config)
+    notifier = Notifier.from_environment()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -181,9 +186,17 @@ async def serve(config: Config) -> None:
                         else:
                             log.info("received SIGHUP: password and ACL files reloaded")
                         continue
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    log.info("received %s, shutting down", name)
+                    notifier.stopping(f"shutting down ({name})")
                     broker.shutdown()
 
+            async def run_broker(task_status: trio.TaskStatus[list[tuple[str, int]]]) -> None:
+                await broker.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(stop_on_signal)
-            await broker.serve()
-            nursery.cancel_scope.cancel()
+            addresses = await nursery.start(run_broker)
+            notifier.ready("serving MQTT on " + ", ".join(f"{host}:{port}" for host, port in addresses))
+            nursery.start_soon(notifier.watchdog_forever)
+    notifier.close()

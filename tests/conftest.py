@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import trio
 
 from tests.clients import PEER, AmqttClient, PahoClient, RawClient
+from tests.processes import free_port
 
 #: The per-test guard: a hung test fails after this long instead of blocking the suite.
 TEST_TIMEOUT_S: Final = 60.0
@@ -135,15 +135,10 @@ def _mosquitto_config(port: int, overrides: dict[str, dict[str, Any]]) -> str:
     return "\n".join([*dict.fromkeys(global_lines), *dict.fromkeys(listener_lines)]) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _start_mosquitto(data_dir: Path, overrides: dict[str, dict[str, Any]]) -> BrokerHandle:
-    port = _free_port()
+    port = free_port()
     config_path = data_dir / "mosquitto.conf"
     config_path.write_text(_mosquitto_config(port, overrides))
     log = (data_dir / "mosquitto.log").open("wb")

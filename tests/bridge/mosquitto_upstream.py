@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +24,8 @@ import pytest
 import trio
 import trustme
 
+from tests.processes import free_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 #: Bounds on Mosquitto starting (listening) and stopping.
@@ -34,12 +35,6 @@ STOP_S = 10.0
 __all__ = ["MOSQUITTO", "TlsFiles", "Upstream", "UpstreamFactory", "free_port", "open_upstreams"]
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (Mosquitto cannot bind port 0 and report it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

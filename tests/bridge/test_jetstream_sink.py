@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from edgebus.bridge.rules import TopicMap, subject_to_topic, topic_to_subject
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, BridgeIdentity, InboundMessage, Record, SinkError
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.nats_upstream import NatsAdmin, NatsServer, open_nats_admin, running_nats_server
+from tests.processes import free_port
 
 STREAM = "EDGE"
 IDENTITY = BridgeIdentity("gw1", "e1")
@@ -135,12 +135,6 @@ async def wait_until_all_acked(admin: NatsAdmin, consumer: str) -> None:
     with trio.fail_after(5):
         while await admin.consumer_pending(STREAM, consumer) != (0, 0):  # noqa: ASYNC110 - server state
             await trio.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- pure helpers ----------------------------------------------------------------------------------------

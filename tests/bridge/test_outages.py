@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import random
 import signal
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -35,7 +34,7 @@ from tests.bridge.mosquitto_upstream import Upstream, open_upstreams
 from tests.bridge.nats_upstream import NatsServer, open_nats_admin, running_nats_server
 from tests.clients import PEER
 from tests.conftest import StartBroker
-from tests.processes import start_edgebus_process
+from tests.processes import free_port, start_edgebus_process
 
 pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's bridge")
 
@@ -57,12 +56,6 @@ FAST_LINK: dict[str, object] = {
     "window": 200,
 }
 FAST_LINK_TOML = "".join(f"{key} = {value}\n" for key, value in FAST_LINK.items())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- JetStream as the log ------------------------------------------------------------------------------
@@ -318,7 +311,7 @@ async def _start_gateway(config: Path, port: int, log_file: IO[bytes]) -> trio.P
 
 
 async def _gateway_sigkill_cycles(tmp_path: Path, log: Log, bridge_toml: str) -> None:
-    port = _free_port()
+    port = free_port()
     config = _gateway_config(tmp_path, port, bridge_toml)
     load = DeviceLoad()
     with (tmp_path / "gateway.log").open("ab") as log_file:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,14 +13,9 @@ import pytest
 import trio
 
 from edgebus.protocol import MQTT_5, ConnAck, Connect, Disconnect, PacketDecoder, ReasonCode, encode
+from tests.processes import edgebus_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _connect_when_up(port: int) -> trio.SocketStream:
@@ -33,17 +27,13 @@ async def _connect_when_up(port: int) -> trio.SocketStream:
                 await trio.sleep(0.05)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_shuts_down_cleanly_and_v5_clients_get_0x8b(tmp_path: Path, signum: int) -> None:
     # [MQTT-3.14.2-1] / §4.13.2: a server closing the connection sends DISCONNECT with a reason code
     # on v5 first; 0x8B is "Server shutting down".
-    port = _free_port()
+    port = free_port()
     with (tmp_path / "stderr.log").open("wb") as stderr:
         await _serve_then_signal(port, tmp_path, stderr, signum)
 
@@ -60,7 +50,7 @@ async def _serve_then_signal(port: int, tmp_path: Path, stderr: BinaryIO, signum
             "--data-dir",
             str(tmp_path),
         ],
-        env=_env(),
+        env=edgebus_env(),
         stderr=stderr,
     )
     try:
@@ -97,7 +87,7 @@ async def _shutdown_by_signal(stream: trio.SocketStream, process: trio.Process, 
 def test_check_config_ok_and_error(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "edgebus", "check-config", str(REPO / "configs" / "edgebus.toml")],
-        env=_env(),
+        env=edgebus_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -108,7 +98,7 @@ def test_check_config_ok_and_error(tmp_path: Path) -> None:
     bad_file.write_text("[mqtt]\nmax_qos = 1\nreceive_maximum = 0\n")
     bad = subprocess.run(
         [sys.executable, "-m", "edgebus", "check-config", str(bad_file)],
-        env=_env(),
+        env=edgebus_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -120,7 +110,7 @@ def test_check_config_ok_and_error(tmp_path: Path) -> None:
 def test_serve_refuses_a_bad_listen_address() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgebus", "serve", "--listen", "127.0.0.1:99999"],
-        env=_env(),
+        env=edgebus_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -128,4 +118,31 @@ def test_serve_refuses_a_bad_listen_address() -> None:
     )
     assert result.returncode == 2
     assert "99999" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgebus",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                str(tmp_path),
+            ],
+            env=edgebus_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr

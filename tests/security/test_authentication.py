@@ -12,7 +12,8 @@ import trio
 
 from edgebus.protocol import ConnAck, Connect, PingReq, PingResp, PubAck, Publish, encode
 from tests.clients import BOTH_VERSIONS, MQTT_3_1_1, MQTT_5, PahoClient, RawClient, Sub
-from tests.conftest import StartBroker, _free_port
+from tests.conftest import StartBroker
+from tests.processes import free_port
 from tests.security.helpers import connack_code, connect_with, password_file
 from tests.security.test_auth_files import MOSQUITTO_PASSWD
 
@@ -184,7 +185,7 @@ async def test_mosquitto_reads_a_file_written_by_edgebus_passwd(tmp_path: Path) 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "mosquitto.conf"
     # "user root": Mosquitto started as root would drop to user mosquitto, which cannot read a 0600 file.
     config.write_text(f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {path}\n")

@@ -13,7 +13,8 @@ import trio
 from edgebus.auth import read_password_file, verify_password
 from edgebus.protocol import PingReq, PingResp
 from tests.clients import MQTT_5
-from tests.conftest import BrokerHandle, _free_port
+from tests.conftest import BrokerHandle
+from tests.processes import free_port
 from tests.security.helpers import connack_code, connect_with, password_file
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
@@ -60,7 +61,7 @@ async def test_check_config_reports_bad_security_files(tmp_path: Path) -> None:
 async def test_sighup_reloads_the_password_file_and_keeps_connections(tmp_path: Path) -> None:
     """SIGHUP: the running broker re-reads password_file; an open connection stays open."""
     path = password_file(tmp_path, {"old": "1"})
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "edgebus.toml"
     config.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{tmp_path / "data"}"\n'

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +35,7 @@ from edgebus.protocol import (
 )
 from edgebus.protocol.packets import Packet
 from tests.clients import PEER
-from tests.processes import start_edgebus_process
+from tests.processes import free_port, start_edgebus_process
 
 pytestmark = pytest.mark.skipif(PEER != "edgebus", reason="edgebus's durable store")
 
@@ -161,12 +160,6 @@ class Client:
             self.stream = None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _start(port: int, data_dir: Path, log: IO[bytes]) -> trio.Process:
     return await start_edgebus_process(
         ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)], port, log
@@ -191,7 +184,7 @@ PUBLISHERS = [("load/a", 1), ("load/b", 2), ("load/c", 2)]
 
 async def test_sigkill_rounds_lose_nothing_acknowledged(tmp_path: Path) -> None:
     rng = random.Random(0xEDB05)
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "data"
     sink5 = Client("sink-v5", MQTT_5)  # QoS 2 subscription: QoS 2 messages exactly once
     sink3 = Client("sink-v311", 4)  # QoS 1 subscription (3.1.1): at least once
