@@ -29,9 +29,9 @@ LINK_DOWN_S = 2.0
 DELIVERY_S = 20.0
 
 
-def bridge_config(data_dir: Path, port: int, edgebus_port: int) -> str:
-    """Mosquitto listening on ``port`` and bridged to edgebus with its defaults (MQTT 3.1.1,
-    try_private true) and a persistent bridge session."""
+def bridge_config(data_dir: Path, port: int, edgebus_port: int, protocol: str) -> str:
+    """Mosquitto listening on ``port`` and bridged to edgebus with ``protocol`` (mqttv311, its default,
+    or mqttv31), try_private true (its default) and a persistent bridge session."""
     return "\n".join(
         [
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
@@ -47,7 +47,8 @@ def bridge_config(data_dir: Path, port: int, edgebus_port: int) -> str:
             f"listener {port} 127.0.0.1",
             "connection edge",
             f"address 127.0.0.1:{edgebus_port}",
-            "remote_clientid mosquitto-neighbour",
+            "remote_clientid mosquitto-neighbour",  # 19 characters: within 3.1's 23
+            f"bridge_protocol_version {protocol}",
             "cleansession false",
             "restart_timeout 1",
             "keepalive_interval 5",
@@ -83,20 +84,25 @@ async def collect(client: PahoClient, expected: set[tuple[str, bytes]]) -> Count
     return Counter((m.topic, m.payload, m.qos) for m in got)
 
 
+@pytest.mark.parametrize("protocol", ["mqttv311", "mqttv31"])
 async def test_mosquitto_bridge_both_ways_through_a_link_cut(
-    start_broker: StartBroker, nursery: trio.Nursery, paho: Callable[..., PahoClient], tmp_path: Path
+    start_broker: StartBroker,
+    nursery: trio.Nursery,
+    paho: Callable[..., PahoClient],
+    tmp_path: Path,
+    protocol: str,
 ) -> None:
-    """Mosquitto's bridge (level 0x84) is accepted; its subscriptions get No Local, so a message it
-    forwards is not sent back to it (its local subscriber sees each of its own messages once, not
-    twice) [MQTT-3.8.3-3] of 5.0, and Retain As Published keeps a retained message retained across
-    it [MQTT-3.3.1-12] of 5.0. QoS 2 crosses exactly once [MQTT-4.3.3-2], QoS 1 at least once
-    [MQTT-4.3.2-2], in both directions, including what was published while the link was down."""
+    """Mosquitto's bridge (level 0x84 on 3.1.1, "MQIsdp" 0x83 on 3.1) is accepted; its subscriptions get
+    No Local, so a message it forwards is not sent back to it (its local subscriber sees each of its own
+    messages once, not twice) [MQTT-3.8.3-3] of 5.0, and Retain As Published keeps a retained message
+    retained across it [MQTT-3.3.1-12] of 5.0. QoS 2 crosses exactly once [MQTT-4.3.3-2], QoS 1 at least
+    once [MQTT-4.3.2-2], in both directions, including what was published while the link was down."""
     edgebus = await start_broker()
     proxy = ChaosProxy(*edgebus.address)
     proxy_port: int = await nursery.start(proxy.serve)
     mosquitto = Upstream(tmp_path / "mosquitto", free_port())
     mosquitto.data_dir.mkdir()
-    mosquitto.config_path.write_text(bridge_config(mosquitto.data_dir, mosquitto.port, proxy_port))
+    mosquitto.config_path.write_text(bridge_config(mosquitto.data_dir, mosquitto.port, proxy_port, protocol))
     await mosquitto.start()
     try:
         local = ("127.0.0.1", mosquitto.port)
