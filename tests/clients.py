@@ -335,7 +335,7 @@ class PahoClient:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv31 if self.version == 3 else mqtt.MQTTv311,
             clean_session=None if v5 else clean_start,
             reconnect_on_failure=False,
         )

@@ -34,7 +34,7 @@ from edgebus.core.client_queue import OutgoingMessage, OutgoingQueue, check_publ
 from edgebus.core.flows import InboundFlows, OutboundFlows, TopicAliases, Trigger, pubrec_trigger
 from edgebus.protocol.decoder import MAX_PACKET_SIZE, PacketDecoder
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ReasonCode
+from edgebus.protocol.enums import MQTT_5, ReasonCode, session_level
 from edgebus.protocol.errors import ProtocolError, protocol_violation
 from edgebus.protocol.packets import (
     NO_PROPERTIES,
@@ -90,8 +90,8 @@ class MqttClient:
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.state = ClientState.DISCONNECTED
-        self.protocol_level = options.protocol_level
-        self.decoder = PacketDecoder(role="client", protocol_level=options.protocol_level)
+        self.protocol_level = session_level(options.protocol_level)  # 3.1 speaks 3.1.1 after its CONNECT
+        self.decoder = PacketDecoder(role="client", protocol_level=self.protocol_level)
         # The session (§4.1, client side): outbound QoS 1/2 messages in flight by packet id in the
         # order first sent (the order they are resent in), and the inbound QoS 2 packet ids PUBREC'd
         # and awaiting PUBREL.
@@ -139,7 +139,7 @@ class MqttClient:
         if options.clean_start:
             self._discard_session()
         self.decoder = PacketDecoder(
-            role="client", protocol_level=options.protocol_level, max_packet_size=options.maximum_packet_size
+            role="client", protocol_level=self.protocol_level, max_packet_size=options.maximum_packet_size
         )
         self._packets.clear()
         self._error = None

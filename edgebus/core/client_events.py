@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from edgebus.protocol.decoder import MAX_PACKET_SIZE
-from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5
+from edgebus.protocol.enums import MQTT_3_1, MQTT_3_1_1, MQTT_5
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import (
     NO_PROPERTIES,
@@ -47,8 +47,8 @@ class ClientOptions:
     connect_properties: Properties = NO_PROPERTIES  # extra CONNECT properties (user properties ...)
 
     def __post_init__(self) -> None:
-        if self.protocol_level not in (MQTT_3_1_1, MQTT_5):
-            raise ValueError(f"protocol_level must be 4 (3.1.1) or 5, not {self.protocol_level!r}")
+        if self.protocol_level not in (MQTT_3_1, MQTT_3_1_1, MQTT_5):
+            raise ValueError(f"protocol_level must be 3 (3.1), 4 (3.1.1) or 5, not {self.protocol_level!r}")
         if not 0 <= self.keep_alive <= 0xFFFF:
             raise ValueError("keep_alive must be 0..65535 seconds")
         if not 1 <= self.receive_maximum <= 0xFFFF or self.max_inflight < 1:
@@ -71,6 +71,7 @@ class ClientOptions:
         return Connect(
             client_id=self.client_id,
             protocol_level=self.protocol_level,
+            protocol_name="MQIsdp" if self.protocol_level == MQTT_3_1 else "MQTT",
             clean_start=self.clean_start,
             keep_alive=self.keep_alive,
             will=self.will,

@@ -15,9 +15,12 @@ from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES
 from edgebus.core.topics import is_valid_topic_name
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ConnectReturnCode, ReasonCode
+from edgebus.protocol.enums import BRIDGE_BIT, MQTT_3_1, MQTT_5, ConnectReturnCode, ReasonCode, session_level
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import ConnAck, Connect, Properties, Will
+
+#: Longest Client Identifier of MQTT 3.1, in characters (§3.1 of the v3.1 spec).
+MQTT_3_1_MAX_CLIENT_ID = 23
 
 #: Largest Maximum Packet Size (§3.1.2.11.4); at or above it nothing is announced.
 MAX_PACKET_SIZE = 268_435_460
@@ -81,7 +84,7 @@ def decide_connect(
 ) -> ConnectAccepted | ConnectRefused:
     """Apply the CONNECT rules that need no broker state. ``new_client_id`` makes an id for a client
     that sent none."""
-    level = connect.protocol_level
+    level = session_level(connect.protocol_level)  # the level the CONNACK is written in
     v5 = level == MQTT_5
     props = connect.properties
     if v5 and props.authentication_method is not None:
@@ -94,6 +97,10 @@ def decide_connect(
         return ConnectRefused(encode(ConnAck(False, ReasonCode.TOPIC_NAME_INVALID), level) if v5 else None)
     client_id = connect.client_id
     assigned: str | None = None
+    if connect.protocol_level & ~BRIDGE_BIT == MQTT_3_1 and not 0 < len(client_id) <= MQTT_3_1_MAX_CLIENT_ID:
+        # 3.1 (§3.1 of the v3.1 spec): the Client Identifier is 1 to 23 characters, and 0x02
+        # "Identifier rejected" answers any other; 3.1 has no server-assigned identifier.
+        return ConnectRefused(encode(ConnAck(False, ConnectReturnCode.IDENTIFIER_REJECTED), level))
     if not client_id:
         if not v5 and not connect.clean_start:
             # [MQTT-3.1.3-8]: a zero-length id needs Clean Session 1 on 3.1.1; else 0x02.

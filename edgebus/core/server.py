@@ -29,7 +29,7 @@ from edgebus.core.session import Inflight, Session
 from edgebus.core.stats import Stats
 from edgebus.protocol.decoder import PacketDecoder
 from edgebus.protocol.encoder import encode
-from edgebus.protocol.enums import MQTT_5, ReasonCode
+from edgebus.protocol.enums import BRIDGE_BIT, MQTT_5, ReasonCode, session_level
 from edgebus.protocol.errors import ProtocolError, protocol_violation
 from edgebus.protocol.packets import (
     Auth,
@@ -77,6 +77,7 @@ class Connection:
         "committed_seq",
         "decoder",
         "inbound",
+        "is_bridge",
         "keep_alive",
         "limits",
         "on_hold",
@@ -94,6 +95,7 @@ class Connection:
         self.decoder = PacketDecoder(role="server", max_packet_size=limits.max_packet_size)
         self.state = ConnectionState.AWAIT_CONNECT
         self.protocol_level = 4
+        self.is_bridge = False  # CONNECT level byte had the bridge bit (a Mosquitto bridge, try_private)
         self.client_id = ""
         self.keep_alive = 0  # effective, after a Server Keep Alive override
         self.session: Session | None = None
@@ -166,7 +168,8 @@ class Connection:
         if self.state is ConnectionState.AWAIT_CONNECT:
             if isinstance(packet, Connect):
                 self.state = ConnectionState.CONNECTING
-                self.protocol_level = packet.protocol_level
+                self.protocol_level = session_level(packet.protocol_level)  # 3.1 speaks 3.1.1 from here on
+                self.is_bridge = packet.protocol_level & BRIDGE_BIT != 0
                 self.client_id = packet.client_id
                 return ConnectReceived(packet)
             # The first packet from a client MUST be CONNECT [MQTT-3.1.0-1].

@@ -12,7 +12,7 @@ from edgebus.protocol.enums import MQTT_5, ReasonCode, RetainHandling
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Subscribe
 
-#: The one refusal code 3.1.1 has (§3.9.3).
+#: The one refusal code 3.1.1 has (§3.9.3); MQTT 3.1 defines none and gets it too.
 FAILURE_3_1_1 = 0x80
 
 
@@ -28,11 +28,16 @@ class Grant:
 
 
 def plan_subscribe(
-    subscribe: Subscribe, level: int, max_qos: int, features: ServerFeatures
+    subscribe: Subscribe, level: int, max_qos: int, features: ServerFeatures, bridge: bool = False
 ) -> list[Grant | int]:
     """Per filter, in order: a Grant, or the code to put in the SUBACK [MQTT-3.8.4-1]. Raises
     ProtocolError for a SUBSCRIBE that closes the connection, before anything of it took effect.
-    What the broker adds (ACL, limits) it checks per Grant as it applies them (`refusal_code`)."""
+    What the broker adds (ACL, limits) it checks per Grant as it applies them (`refusal_code`).
+
+    ``bridge``: the connection set the bridge bit of its CONNECT level (a Mosquitto bridge,
+    ``try_private``): as Mosquitto does, its subscriptions get No Local and Retain As Published, so
+    that what it forwards is never sent back to it and retained flags cross the bridge as published.
+    A refused filter on MQTT 3.1 (which defines no failure code) gets 0x80, as on 3.1.1 and Mosquitto."""
     v5 = level == MQTT_5
     sub_ids = subscribe.properties.subscription_identifiers
     if sub_ids and not features.subscription_identifiers:
@@ -60,8 +65,8 @@ def plan_subscribe(
             continue
         options = SubscriptionOptions(
             qos=min(sub.qos, max_qos),  # §3.8.4: the Server may grant a lower QoS
-            no_local=sub.no_local and v5,
-            retain_as_published=sub.retain_as_published and v5,
+            no_local=(sub.no_local and v5) or (bridge and group is None),  # No Local: never shared
+            retain_as_published=(sub.retain_as_published and v5) or bridge,
             retain_handling=sub.retain_handling if v5 else RetainHandling.SEND_ON_SUBSCRIBE,
             subscription_id=sub_id,
         )

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edgebus.protocol.enums import (
+    BRIDGE_BIT,
+    MQTT_3_1,
     MQTT_3_1_1,
     MQTT_5,
     ConnectReturnCode,
@@ -131,20 +133,25 @@ _PACKET_TYPES = {int(packet_type): packet_type for packet_type in PacketType}
 
 
 def read_protocol(view: bytes, body: int, end: int) -> tuple[str, int, int]:
-    """A CONNECT's protocol name and level, and where its flags start (§3.1.2.1, §3.1.2.2)."""
+    """A CONNECT's protocol name and level byte (bridge bit included), and where its flags start
+    (§3.1.2.1, §3.1.2.2; "MQIsdp" level 3 is MQTT 3.1)."""
     name, p = read_string(view, body, end)
     level, p = read_u8(view, p, end)
-    if level not in (MQTT_3_1_1, MQTT_5):
-        if name in ("MQTT", "MQIsdp"):
-            # [MQTT-3.1.2-2]: the server answers CONNACK 0x01 (3.1.1) / 0x84 (5.0) and closes.
-            raise ProtocolError(
-                ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-                f"unsupported protocol level {level} ({name!r}) [MQTT-3.1.2-2]",
-            )
+    base = level & ~BRIDGE_BIT
+    if name == "MQTT":
+        if base in (MQTT_3_1_1, MQTT_5):
+            return name, level, p
+    elif name != "MQIsdp":
         raise malformed(f"protocol name {name!r} is not 'MQTT' [MQTT-3.1.2-1]")
-    if name != "MQTT":
-        raise malformed(f"protocol name {name!r} is not 'MQTT' [MQTT-3.1.2-1]")
-    return name, level, p
+    elif base == MQTT_3_1:
+        return name, level, p
+    elif base in (MQTT_3_1_1, MQTT_5):
+        raise malformed(f"protocol name {name!r} with level {base} [MQTT-3.1.2-1]")
+    # [MQTT-3.1.2-2]: the server answers CONNACK 0x01 (3.1.1) / 0x84 (5.0) and closes.
+    raise ProtocolError(
+        ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+        f"unsupported protocol level {level} ({name!r}) [MQTT-3.1.2-2]",
+    )
 
 
 def decode_connect(view: bytes, p: int, end: int, name: str, level: int) -> Connect:
@@ -167,17 +174,18 @@ def decode_connect(view: bytes, p: int, end: int, name: str, level: int) -> Conn
     elif will_qos == 3:
         # 5.0 [MQTT-3.1.2-12], 3.1.1 [MQTT-3.1.2-14]
         raise malformed("Will QoS 3 [MQTT-3.1.2-12]")
-    if level == MQTT_3_1_1 and password_flag and not username_flag:
+    base = level & ~BRIDGE_BIT
+    if base == MQTT_3_1_1 and password_flag and not username_flag:
         raise malformed("3.1.1 CONNECT with a password and no user name [MQTT-3.1.2-22]")
     keep_alive, p = read_u16(view, p, end)
     properties = NO_PROPERTIES
-    if level == MQTT_5:
+    if base == MQTT_5:
         properties, p = read_properties(view, p, end, PacketType.CONNECT)
     client_id, p = read_string(view, p, end)
     will = None
     if will_flag:
         will_properties = NO_PROPERTIES
-        if level == MQTT_5:
+        if base == MQTT_5:
             will_properties, p = read_properties(view, p, end, "will")
         will_topic, p = read_string(view, p, end)
         will_payload, p = read_binary(view, p, end)

@@ -15,7 +15,7 @@ from dataclasses import fields
 from typing import Literal
 
 from edgebus.protocol.bodies import BODY_DECODERS, decode_connack, decode_connect, read_protocol
-from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, PacketType, ReasonCode
+from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, PacketType, ReasonCode, session_level
 from edgebus.protocol.errors import ProtocolError, malformed, protocol_violation
 from edgebus.protocol.packets import NO_PROPERTIES, ConnAck, Connect, Packet, Publish
 from edgebus.protocol.primitives import MAX_REMAINING_LENGTH, Buffer, decode_varint
@@ -336,7 +336,7 @@ class PacketDecoder:
         name, level, p = read_protocol(view, body, end)
         # Known from here on (only the server role gets a CONNECT), even if the rest of this CONNECT is
         # bad: a 5.0 client may then be told why in a CONNACK (§4.13.1).
-        self.protocol_level = level
+        self.protocol_level = session_level(level)  # 3.1 and the bridge bit: 3.1.1 or 5.0 packets follow
         connect = decode_connect(view, p, end, name, level)
         self._handshake_seen = True
         return connect

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from struct import error as StructError
 from typing import Any
 
-from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, PacketType
+from edgebus.protocol.enums import MQTT_3_1_1, MQTT_5, PacketType, session_level
 from edgebus.protocol.packets import (
     NO_PROPERTIES,
     Auth,
@@ -129,11 +129,12 @@ def _encode_publish(packet: Publish, protocol_level: int) -> bytes:
 
 
 def _encode_connect(packet: Connect, protocol_level: int) -> bytes:
-    if packet.protocol_level != protocol_level:
+    # The level byte is written as the packet has it: 3 (3.1, "MQIsdp"), 4, 5, bridge bit included.
+    if session_level(packet.protocol_level) != session_level(protocol_level):
         raise ValueError(
             f"Connect.protocol_level {packet.protocol_level} differs from protocol_level {protocol_level}"
         )
-    v5 = protocol_level == MQTT_5
+    v5 = session_level(protocol_level) == MQTT_5
     flags = 0x02 if packet.clean_start else 0
     will = packet.will
     if will is not None:
@@ -146,7 +147,11 @@ def _encode_connect(packet: Connect, protocol_level: int) -> bytes:
         flags |= 0x40
     if packet.username is not None:
         flags |= 0x80
-    parts = [encode_string(packet.protocol_name), bytes((protocol_level, flags)), pack_u16(packet.keep_alive)]
+    parts = [
+        encode_string(packet.protocol_name),
+        bytes((packet.protocol_level, flags)),
+        pack_u16(packet.keep_alive),
+    ]
     if v5:
         parts.append(encode_properties(packet.properties, PacketType.CONNECT))
     parts.append(encode_string(packet.client_id))
@@ -295,12 +300,15 @@ _ENCODERS: dict[type[Any], Callable[[Any, int], bytes]] = {
 
 
 def encode(packet: Packet, protocol_level: int) -> bytes:
-    """The wire bytes of ``packet`` for protocol level 4 (3.1.1) or 5 (5.0).
+    """The wire bytes of ``packet`` for protocol level 4 (3.1.1) or 5 (5.0); 3 (3.1) is written as 3.1.1,
+    but for a CONNECT, whose protocol name and level byte are the packet's.
 
     On 3.1.1 properties, ack reason codes and the 5.0 subscription options are not written, and 5.0
     SUBACK failure codes become 0x80; on 5.0 properties the packet does not allow are not written.
     ValueError for what cannot be encoded (a value out of range, AUTH on 3.1.1 ...).
     """
+    if protocol_level < MQTT_3_1_1 or protocol_level > MQTT_5:
+        protocol_level = session_level(protocol_level)  # 3 (3.1) encodes as 3.1.1; a CONNECT keeps its byte
     encoder = _ENCODERS.get(type(packet))
     if encoder is None:
         raise TypeError(f"not an MQTT packet: {packet!r}")

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+#: Protocol Level byte of CONNECT for MQTT 3.1 (protocol name "MQIsdp", §3.1 of the IBM/Eurotech v3.1 spec).
+MQTT_3_1 = 3
 #: Protocol Level byte of CONNECT for MQTT 3.1.1 (§3.1.2.2 of 3.1.1).
 MQTT_3_1_1 = 4
 #: Protocol Level byte of CONNECT for MQTT 5.0 (§3.1.2.2 of 5.0).
 MQTT_5 = 5
+#: High bit of the CONNECT Protocol Level: set by a Mosquitto bridge (``try_private true``) to say that
+#: the connection is a bridge; not part of any MQTT spec.
+BRIDGE_BIT = 0x80
+
+
+def session_level(connect_level: int) -> int:
+    """The level the packets after a CONNECT of ``connect_level`` follow: the bridge bit cleared and 3.1
+    read as 3.1.1 (3.1 packets are 3.1.1's, but for the CONNECT and the SUBACK failure code)."""
+    level = connect_level & ~BRIDGE_BIT
+    return MQTT_3_1_1 if level == MQTT_3_1 else level
 
 
 class PacketType(IntEnum):

@@ -23,7 +23,7 @@ from edgebus.core.server import Connection
 from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.session import SESSION_NEVER_EXPIRES, Session, SubscriptionOptions
 from edgebus.core.stats import Stats
-from edgebus.protocol.enums import MQTT_5, ReasonCode
+from edgebus.protocol.enums import BRIDGE_BIT, MQTT_3_1, MQTT_5, ReasonCode
 from edgebus.protocol.packets import Connect, Disconnect, Will
 from edgebus.server.connection import ClientConnection, Connections
 from edgebus.server.fanout import Fanout
@@ -68,7 +68,7 @@ class Sessions:
         """Attach an accepted CONNECT to its session, new or resumed, and answer CONNACK."""
         conn = client.conn
         client_id = decision.client_id
-        level = connect.protocol_level
+        level = conn.protocol_level  # the wire level: 3.1 (and a bridge's level byte) read as 3.1.1 / 5.0
         now = trio.current_time()
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
@@ -99,7 +99,9 @@ class Sessions:
         session.expiry_interval = decision.session_expiry_interval
         self._journal_session(session, level)
         conn.keep_alive = decision.keep_alive
-        conn.accept(session, decision.connack(session_present, level, self.limits, self.features), connect)
+        # 3.1 has no Session Present flag: its CONNACK byte 1 is reserved and sent as 0 (§3.2 of 3.1).
+        present_flag = session_present and connect.protocol_level & ~BRIDGE_BIT != MQTT_3_1
+        conn.accept(session, decision.connack(present_flag, level, self.limits, self.features), connect)
         client.will = connect.will
         self.stats.clients_total += 1
         log.debug("client %s connected (v%d, session present %s)", client_id, level, session_present)

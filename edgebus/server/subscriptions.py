@@ -41,7 +41,7 @@ class Subscriptions:
         admission = self.admission
         level = conn.protocol_level
         try:
-            plan = plan_subscribe(subscribe, level, self.max_qos, self.features)
+            plan = plan_subscribe(subscribe, level, self.max_qos, self.features, conn.is_bridge)
         except ProtocolError as error:
             client.close(error.reason_code, error.message)
             return

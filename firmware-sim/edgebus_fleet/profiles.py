@@ -32,7 +32,7 @@ from edgebus.config import (
 )
 
 MAX_FOUR_BYTE_INTEGER: Final = 4_294_967_295
-PROTOCOLS: Final = {"3.1.1": 4, "5": 5}
+PROTOCOLS: Final = {"3.1": 3, "3.1.1": 4, "5": 5}
 ENCODINGS: Final = ("cbor", "json")
 FIELD_TYPES: Final = ("float", "int", "bool", "choice", "counter")
 #: Keys every message carries in its payload for the audit; a schema field may not reuse them.
@@ -553,9 +553,10 @@ def load_profile(path: str | os.PathLike[str]) -> DeviceProfile:
     session_expiry = session.get("session_expiry", 0)
     client_id = device.get("client_id", "{device_id}")
     _check_template(v, client_id, ("device", "client_id"))
-    if protocol_level == 4 and session_expiry:
+    if protocol_level != 5 and session_expiry:
         v.report(
-            ("session", "session_expiry"), 'MQTT 3.1.1 has no session expiry: set protocol = "5" or remove it'
+            ("session", "session_expiry"),
+            'MQTT 3.1/3.1.1 have no session expiry: set protocol = "5" or remove it',
         )
     streams: list[StreamSpec] = []
     names: set[str] = set()
@@ -609,7 +610,7 @@ def load_profile(path: str | os.PathLike[str]) -> DeviceProfile:
     if "sleep" in doc:
         raw = doc["sleep"]
         sleep = SleepSettings(raw["awake"], raw["asleep"], raw.get("jitter", 0.1))
-        persistent = not clean_start and (protocol_level == 4 or session_expiry > 0)
+        persistent = not clean_start and (protocol_level != 5 or session_expiry > 0)
         if commands is not None and commands.qos > 0 and not persistent:
             v.report(
                 ("session", "clean_start") if "session" in doc else ("sleep",),

@@ -95,7 +95,7 @@ def test_encode_publish_refuses_bad_topics_and_levels() -> None:
     with pytest.raises(ValueError, match="65,535"):
         encode(Publish("a" * 65_536), MQTT_5)
     with pytest.raises(ValueError, match="protocol_level"):
-        encode(Publish("a"), 3)
+        encode(Publish("a"), 6)
     with pytest.raises(ValueError, match="empty topic"):
         encode(Publish(""), MQTT_5)
     with pytest.raises(ValueError, match="empty topic"):

@@ -115,9 +115,12 @@ def connects(draw: st.DrawFn, level: int) -> Connect:
     password = draw(st.none() | st.binary(max_size=16))
     if not v5 and username is None:
         password = None  # [MQTT-3.1.2-22] of 3.1.1
+    # The level byte as sent: 3.1 ("MQIsdp", 3) reads as 3.1.1, and a Mosquitto bridge sets the high bit.
+    level_byte = draw(st.sampled_from([level, level | 0x80] + ([3, 0x83] if level == MQTT_3_1_1 else [])))
     return Connect(
         client_id=draw(strings),
-        protocol_level=level,
+        protocol_level=level_byte,
+        protocol_name="MQIsdp" if level_byte & 0x7F == 3 else "MQTT",
         clean_start=draw(st.booleans()),
         keep_alive=draw(st.integers(0, 0xFFFF)),
         will=will,

@@ -255,7 +255,7 @@ def test_3_1_1_password_without_user_name_is_malformed() -> None:
 @pytest.mark.parametrize(
     ("name_hex", "level"),
     [
-        ("0006 4D5149736470", 3),  # "MQIsdp" / 3, MQTT 3.1
+        ("0006 4D5149736470", 6),  # "MQIsdp" / 6 (3.1 is "MQIsdp" / 3, accepted)
         ("0004 4D515454", 3),
         ("0004 4D515454", 6),  # a future level
         ("0004 4D515454", 0),
