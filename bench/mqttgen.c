@@ -66,6 +66,8 @@
 #define PROBE_READS 32
 /* ... and a connection that did not measure so measures again after this many reads. */
 #define PROBE_AGAIN_READS 2048
+/* A batch that did not fill in BATCH_STALL_NS but had data: stop batching for this many reads. */
+#define PROBE_AFTER_STALL_READS 64
 
 /* MQTT 3.1.1 packet types (section 2.2.1) and the first bytes of the two-byte acknowledgements. PUBREL
  * carries flags 0b0010 [MQTT-3.6.1-1]. */
@@ -1360,8 +1362,12 @@ static void read_stalled_batches(void)
         struct conn *c = i < G.npubs ? G.pubs[i].conn : G.subs[i - G.npubs].conn;
         if (c && c->state == ST_READY && c->lowat > 1 && now - c->last_read_ns >= BATCH_STALL_NS) {
             c->last_read_ns = now;
-            if (conn_read(c) > 0)
+            if (conn_read(c) > 0) {
+                /* The broker paused with the batch unfilled: read everything as it comes for a while
+                 * (it may be waiting for the generator), then measure again. */
                 G.stat_stalls++;
+                c->batching = -PROBE_AFTER_STALL_READS;
+            }
             conn_service(c);
         }
     }
