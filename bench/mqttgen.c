@@ -58,6 +58,16 @@
 #define SETUP_TIMEOUT_NS (60 * NS_PER_S)
 #define IDLE_STEP_TIMEOUT_NS (180 * NS_PER_S)
 #define OFFLINE_SETTLE_NS (200 * NS_PER_MS)
+/* A connection that waits for a batch (SO_RCVLOWAT > 1) and has not been read for this long is read
+ * anyway: whatever is queued is taken, so a batch that never fills costs at most this much delay. */
+#define BATCH_STALL_NS (1 * NS_PER_MS)
+/* A connection batches only if, over its first PROBE_READS reads that could have waited, the broker's
+ * writes brought less than half a batch per read. */
+#define PROBE_READS 32
+/* ... and a connection that did not measure so measures again after this many reads. */
+#define PROBE_AGAIN_READS 2048
+/* A batch that did not fill in BATCH_STALL_NS but had data: stop batching for this many reads. */
+#define PROBE_AFTER_STALL_READS 64
 
 /* MQTT 3.1.1 packet types (section 2.2.1) and the first bytes of the two-byte acknowledgements. PUBREL
  * carries flags 0b0010 [MQTT-3.6.1-1]. */
@@ -386,6 +396,8 @@ struct options {
     int batches_ahead;       /* QoS 0: batches per publisher not yet answered by a PINGRESP */
     double rate;             /* messages/s per publisher, paced; 0: as fast as the window allows */
     int rcvlowat;            /* QoS 0 subscribers: bytes queued before epoll reports them readable */
+    int ack_batch;           /* QoS 1/2 unpaced publishers: acknowledgements queued before a wake-up */
+    int delivery_batch;      /* QoS 1/2 unpaced subscribers: deliveries queued before a wake-up */
     double warmup_s, duration_s, grace_s, quiet_s;
     bool persistent;         /* subscribers use clean session 0 */
     long messages;           /* drain: messages queued for the offline subscriber */
@@ -410,6 +422,8 @@ static void usage(FILE *out)
           "  --batches-ahead N   QoS 0 batches not yet answered by PINGRESP, per publisher (8)\n"
           "  --rate R            paced messages/s per publisher (0: as fast as the window allows)\n"
           "  --rcvlowat BYTES    QoS 0 subscribers wake up for this much data while publishing (1)\n"
+          "  --ack-batch N       QoS 1/2 publishers wake up for N acknowledgements while publishing (1)\n"
+          "  --delivery-batch N  QoS 1/2 subscribers wake up for N deliveries while they flow (1)\n"
           "  --warmup S --duration S --grace S --quiet S   phase lengths (1, 10, 10, 0.5)\n"
           "  --persistent        subscribers use clean session 0\n"
           "  --messages N        drain: messages queued for the offline subscriber (10000)\n"
@@ -441,7 +455,7 @@ static struct options parse_options(int argc, char **argv)
     struct options o = {
         .mode = MODE_FLOW, .host = "127.0.0.1", .port = 0, .qos = -1, .publishers = 4, .subscribers = 1,
         .payload = 64, .window = 20, .batch = 128, .batches_ahead = 8, .rate = 0, .rcvlowat = 1, .warmup_s = 1,
-        .duration_s = 10, .grace_s = 10, .quiet_s = 0.5, .persistent = false, .messages = 10000,
+        .ack_batch = 1, .delivery_batch = 1, .duration_s = 10, .grace_s = 10, .quiet_s = 0.5, .persistent = false, .messages = 10000,
         .steps = {5000}, .nsteps = 1, .warmup_clients = 10, .concurrency = 200, .keepalive_s = -1,
         .topic = "bench/load", .prefix = "bench",
     };
@@ -453,6 +467,8 @@ static struct options parse_options(int argc, char **argv)
         {"batch", required_argument, 0, 'b'}, {"batches-ahead", required_argument, 0, 'a'},
         {"rate", required_argument, 0, 'r'}, {"warmup", required_argument, 0, 'W'},
         {"rcvlowat", required_argument, 0, 'L'},
+        {"ack-batch", required_argument, 0, 'A'},
+        {"delivery-batch", required_argument, 0, 'B'},
         {"duration", required_argument, 0, 'd'}, {"grace", required_argument, 0, 'g'},
         {"quiet", required_argument, 0, 'Q'}, {"persistent", no_argument, 0, 'k'},
         {"messages", required_argument, 0, 'n'}, {"connections", required_argument, 0, 'c'},
@@ -481,6 +497,8 @@ static struct options parse_options(int argc, char **argv)
         case 'a': o.batches_ahead = atoi(optarg); break;
         case 'r': o.rate = atof(optarg); break;
         case 'L': o.rcvlowat = atoi(optarg); break;
+        case 'A': o.ack_batch = atoi(optarg); break;
+        case 'B': o.delivery_batch = atoi(optarg); break;
         case 'W': o.warmup_s = atof(optarg); break;
         case 'd': o.duration_s = atof(optarg); break;
         case 'g': o.grace_s = atof(optarg); break;
@@ -504,7 +522,8 @@ static struct options parse_options(int argc, char **argv)
         o.keepalive_s = o.mode == MODE_IDLE ? 600 : 60;
     bool bad = optind != argc || o.qos > 2 || o.publishers < 1 || o.subscribers < 1 || o.window < 1
                || o.window > 60000 || o.batch < 1 || o.batches_ahead < 1 || o.payload < HEADER_BYTES
-               || o.concurrency < 1 || o.rate < 0 || o.rcvlowat < 1 || o.messages < 1 || o.keepalive_s > 65535
+               || o.concurrency < 1 || o.rate < 0 || o.rcvlowat < 1 || o.ack_batch < 1
+               || o.ack_batch > o.window || o.delivery_batch < 1 || o.messages < 1 || o.keepalive_s > 65535
                || (o.mode == MODE_DRAIN && o.qos == 0);
     if (o.mode != MODE_SELF_TEST && (o.port <= 0 || o.port > 65535))
         bad = true;
@@ -536,6 +555,12 @@ struct conn {
     struct buf in, out;
     struct publisher *pub;    /* set for publishers */
     struct subscriber *sub;   /* set for subscribers */
+    int lowat;                /* its SO_RCVLOWAT; > 1: it waits for a batch (QoS 1/2) */
+    uint64_t last_read_ns;    /* while it waits for a batch: when it was last read */
+    int batching;             /* QoS 1/2: 0 measuring the broker's writes, 1 batch, < 0 reads until
+                               * it measures again */
+    uint32_t probe_reads;     /* while measuring: reads that could have waited for a batch ... */
+    uint64_t probe_bytes;     /* ... and the bytes they returned */
 };
 
 struct publisher {
@@ -609,6 +634,10 @@ static struct {
     uint64_t protocol_errors, connect_failures, closed_unexpectedly;
     char first_error[256];
     uint8_t *recv_buffer;
+    size_t waiting_for_batches; /* QoS 1/2 connections whose SO_RCVLOWAT is above 1 */
+    /* syscall counts ([0] publishers, [1] the others), printed at each window's end with MQTTGEN_STATS=1 */
+    uint64_t stat_stalls, stat_recv[2], stat_recv_bytes[2], stat_send[2], stat_wait, stat_events;
+    bool deliveries_batch;    /* QoS 1/2 subscribers may wait for batches (while deliveries flow) */
 } G;
 
 static void note_error(const char *fmt, const char *client_id, const char *detail)
@@ -681,6 +710,13 @@ static void window_open(struct window *w)
 
 static void window_close(struct window *w)
 {
+    if (getenv("MQTTGEN_STATS"))
+        fprintf(stderr,
+                "mqttgen: since start: recv() publishers %" PRIu64 " (%" PRIu64 " B), subscribers %" PRIu64
+                " (%" PRIu64 " B); send() publishers %" PRIu64 ", subscribers %" PRIu64 "; epoll_wait() %" PRIu64
+                " (%" PRIu64 " events); unfilled batches read after %llu ms: %" PRIu64 "\n",
+                G.stat_recv[0], G.stat_recv_bytes[0], G.stat_recv[1], G.stat_recv_bytes[1], G.stat_send[0],
+                G.stat_send[1], G.stat_wait, G.stat_events, BATCH_STALL_NS / NS_PER_MS, G.stat_stalls);
     struct cpu_mark end = cpu_now();
     w->seconds = (double)(end.wall_ns - w->cpu_start.wall_ns) / 1e9;
     w->user_s = end.user_s - w->cpu_start.user_s;
@@ -709,6 +745,9 @@ static void conn_close(struct conn *c)
         G.setting_up--;
     epoll_ctl(G.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    if (G.opt.qos && c->lowat > 1)
+        G.waiting_for_batches--;
+    c->lowat = 0;
     c->fd = -1;
     c->state = ST_CLOSED;
     buf_release(&c->in);
@@ -745,6 +784,7 @@ static void conn_flush(struct conn *c)
     size_t sent = 0;
     while (c->state != ST_CLOSED && sent < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + sent, c->out.len - sent, MSG_NOSIGNAL);
+        G.stat_send[c->pub ? 0 : 1]++;
         if (n >= 0) {
             sent += (size_t)n;
         } else if (errno == EAGAIN) {
@@ -803,6 +843,7 @@ static void conn_open(struct conn *c)
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->state = ST_CONNECTING;
+    c->lowat = 1;
     G.setting_up++;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     if (epoll_ctl(G.epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
@@ -835,6 +876,86 @@ static void set_rcvlowat(struct conn *c, int bytes)
 {
     if (c->state != ST_CLOSED && setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) < 0)
         die("setsockopt SO_RCVLOWAT");
+}
+
+/* Messages the publishers sent that this subscriber has not yet received. */
+static uint64_t subscriber_backlog(const struct subscriber *s);
+
+/* QoS 1/2 batching. Mosquitto 2.0.11 writes every PUBACK and every delivery with its own send(), and
+ * each one woke the generator: a recv(), an epoll_wait() and a send() per few packets took 70-80 % of
+ * its core. Acknowledgements and deliveries that are certain to come may be waited for:
+ * - a publisher with at least `ack_batch` messages in flight is owed at least that many 4-byte packets
+ *   (PUBACK; at QoS 2 PUBREC or PUBCOMP), so it asks to be woken for 4 x ack_batch bytes;
+ * - a subscriber that has not yet received at least `delivery_batch` of the messages sent asks to be
+ *   woken for that many PUBLISH packets (`delivery_batch` must not exceed the broker's
+ *   in-flight window towards it: the PUBACKs for the batch go out after it is read).
+ * Otherwise, and whenever publishing has stopped, it wakes for every byte; and only if the broker
+ * writes a few packets at a time (batch_lowat below). A connection that waits for
+ * a batch and was not read for BATCH_STALL_NS is read anyway (run_until), so a broker that does not
+ * send what it owes delays the generator by at most that much. Paced runs never batch. */
+static int batch_wanted(const struct conn *c)
+{
+    if (G.opt.qos == 0 || G.opt.rate > 0 || c->state != ST_READY)
+        return 1;
+    if (c->pub) {
+        uint32_t k = (uint32_t)G.opt.ack_batch;
+        return k > 1 && G.publishing && c->pub->inflight >= k ? 4 * (int)k : 1;
+    }
+    if (c->sub) {
+        uint64_t k = (uint64_t)G.opt.delivery_batch;
+        if (k <= 1 || !G.deliveries_batch || subscriber_backlog(c->sub) < k)
+            return 1;
+        return (int)(k * G.pubs[0].tpl.bytes.len);
+    }
+    return 1;
+}
+
+/* Only brokers that write a few packets at a time are waited for. One that already writes whole
+ * windows of acknowledgements or deliveries (edgebus) may be waiting for the generator's answer before
+ * it writes more (a commit, an in-flight window): waiting for a batch would only slow it down. So each
+ * connection first reads as usual and measures what one read brings; it batches only if that was less
+ * than half a batch. */
+static int batch_lowat(const struct conn *c)
+{
+    return c->batching > 0 ? batch_wanted(c) : 1;
+}
+
+static void batch_probe(struct conn *c, size_t bytes)
+{
+    int want = batch_wanted(c);
+    if (want <= 1)
+        return;
+    c->probe_bytes += bytes;
+    if (++c->probe_reads == PROBE_READS)
+        c->batching = c->probe_bytes * 2 < (uint64_t)want * PROBE_READS ? 1 : -PROBE_AGAIN_READS;
+}
+
+static void conn_batch(struct conn *c)
+{
+    if (G.opt.qos == 0 || c->state == ST_CLOSED)
+        return;
+    int want = batch_lowat(c);
+    if (want == c->lowat)
+        return;
+    set_rcvlowat(c, want);
+    if ((want > 1) != (c->lowat > 1)) {
+        if (want > 1)
+            G.waiting_for_batches++;
+        else
+            G.waiting_for_batches--;
+    }
+    c->lowat = want;
+    c->last_read_ns = now_ns();
+}
+
+/* Every QoS 1/2 client re-decides whether it waits for a batch (after publishing starts or stops). */
+static void batch_all(void)
+{
+    for (size_t i = 0; i < G.npubs; i++)
+        conn_batch(G.pubs[i].conn);
+    for (size_t i = 0; i < G.nsubs; i++)
+        if (G.subs[i].conn)
+            conn_batch(G.subs[i].conn);
 }
 
 /* A QoS 0 subscriber owes the broker nothing, so while messages flow it may wait for `rcvlowat` bytes
@@ -1022,6 +1143,16 @@ static struct conn *subscriber_connect(struct subscriber *s, bool subscribe)
     return c;
 }
 
+static uint64_t subscriber_backlog(const struct subscriber *s)
+{
+    uint64_t backlog = 0;
+    for (size_t p = 0; p < G.npubs; p++) {
+        uint64_t owed = G.pubs[p].next_seq, have = s->streams[p].unique;
+        backlog += owed > have ? owed - have : 0;
+    }
+    return backlog;
+}
+
 /* The audit of one delivered payload: which publisher, which sequence number, seen before or not. */
 static void subscriber_on_payload(struct subscriber *s, const uint8_t *payload, size_t len, uint64_t now)
 {
@@ -1154,19 +1285,27 @@ static size_t consume_input(struct conn *c, const uint8_t *data, size_t len, uin
 
 /* Read one chunk; handle its packets, keeping a partial packet for the next read. The arrival time of
  * the chunk is the delivery time of every message in it. */
-static void conn_read(struct conn *c)
+static ssize_t conn_read(struct conn *c)
 {
     ssize_t n = recv(c->fd, G.recv_buffer, RECV_BUFFER_BYTES, 0);
+    G.stat_recv[c->pub ? 0 : 1]++;
+    if (n > 0)
+        G.stat_recv_bytes[c->pub ? 0 : 1] += (uint64_t)n;
     if (n == 0) {
         conn_lost(c, "closed by the broker");
-        return;
+        return 0;
     }
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR)
             conn_lost(c, strerror(errno));
-        return;
+        return n;
     }
     uint64_t now = now_ns();
+    c->last_read_ns = now;
+    if (c->batching < 0 && ++c->batching == 0)
+        c->probe_reads = 0, c->probe_bytes = 0;
+    else if (c->batching == 0 && G.opt.qos)
+        batch_probe(c, (size_t)n);
     if (c->in.len) {
         buf_append(&c->in, G.recv_buffer, (size_t)n);
         size_t used = consume_input(c, c->in.data, c->in.len, now);
@@ -1179,6 +1318,7 @@ static void conn_read(struct conn *c)
     }
     if (c->state != ST_CLOSED && c->in.len == 0 && c->in.cap > 4096)
         buf_release(&c->in);
+    return n;
 }
 
 /* After input or writability: top the publisher up and send everything with one send(). */
@@ -1189,6 +1329,7 @@ static void conn_service(struct conn *c)
     if (c->pub)
         publisher_fill(c->pub);
     conn_flush(c);
+    conn_batch(c);
 }
 
 static void on_event(const struct epoll_event *ev)
@@ -1213,6 +1354,25 @@ static void on_event(const struct epoll_event *ev)
 
 typedef bool (*condition)(void);
 
+/* A connection waiting for a batch that has not come for BATCH_STALL_NS: take what is there. */
+static void read_stalled_batches(void)
+{
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < G.npubs + G.nsubs; i++) {
+        struct conn *c = i < G.npubs ? G.pubs[i].conn : G.subs[i - G.npubs].conn;
+        if (c && c->state == ST_READY && c->lowat > 1 && now - c->last_read_ns >= BATCH_STALL_NS) {
+            c->last_read_ns = now;
+            if (conn_read(c) > 0) {
+                /* The broker paused with the batch unfilled: read everything as it comes for a while
+                 * (it may be waiting for the generator), then measure again. */
+                G.stat_stalls++;
+                c->batching = -PROBE_AFTER_STALL_READS;
+            }
+            conn_service(c);
+        }
+    }
+}
+
 /* Handle events until done() holds (checked between batches of events) or the deadline passes;
  * return whether done() held. */
 static bool run_until(condition done, uint64_t deadline_ns)
@@ -1225,11 +1385,17 @@ static bool run_until(condition done, uint64_t deadline_ns)
         if (now >= deadline_ns)
             return false;
         uint64_t wait_ms = (deadline_ns - now + NS_PER_MS - 1) / NS_PER_MS;
-        int n = epoll_wait(G.epoll_fd, events, MAX_EVENTS, wait_ms > 1000 ? 1000 : (int)wait_ms);
+        uint64_t cap_ms = G.waiting_for_batches ? BATCH_STALL_NS / NS_PER_MS : 1000;
+        int n = epoll_wait(G.epoll_fd, events, MAX_EVENTS, wait_ms > cap_ms ? (int)cap_ms : (int)wait_ms);
         if (n < 0 && errno != EINTR)
             die("epoll_wait");
+        G.stat_wait++;
+        if (n > 0)
+            G.stat_events += (uint64_t)n;
         for (int i = 0; i < n; i++)
             on_event(&events[i]);
+        if (G.waiting_for_batches)
+            read_stalled_batches();
     }
 }
 
@@ -1523,6 +1689,7 @@ static int run_flow(void)
     if (!connect_subscribers(true) || !connect_publishers())
         return fail_setup("flow");
     subscribers_batch_reads(true);
+    G.deliveries_batch = true;
     start_publishing();
     run_until(NULL, after_s(G.opt.warmup_s));
 
@@ -1538,6 +1705,8 @@ static int run_flow(void)
     G.publishing = false;
     /* Back to waking up for every byte: the last messages must not wait for more that never come. */
     subscribers_batch_reads(false);
+    G.deliveries_batch = false;
+    batch_all();
     uint64_t paced_sent_in_window = w.sent;
     bool complete = settle(G.opt.qos ? G.opt.grace_s : G.opt.quiet_s);
     close_all();
@@ -1596,12 +1765,15 @@ static int run_drain(void)
     window_close(&queue);
     mark("queue-end");
     G.publishing = false;
+    batch_all();
+    G.deliveries_batch = true;
 
     mark("drain-start");
     window_open(&drain);
     uint64_t drain_start = drain.cpu_start.wall_ns;
     struct conn *back = subscriber_connect(s, false);
     bool complete = settle(G.opt.grace_s);
+    G.deliveries_batch = false;
     window_close(&drain);
     mark("drain-end");
     bool session_present = back->session_present;

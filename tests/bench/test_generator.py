@@ -55,3 +55,20 @@ def test_verdicts() -> None:
     assert generator.verdicts("fanin-q2", {"gen_cpu_pct": 10.0, "duplicated": 3}) == [
         "DUPLICATED 3 (QoS 2)"]
     assert generator.verdicts("idle-rss", {"gen_cpu_pct": 90.0}) == []
+
+
+def test_qos1_batches_fit_the_windows(compiler: str, tmp_path: Path) -> None:
+    """A publisher's acknowledgement batch must fit its window, or it would wait for PUBACKs that are not
+    owed; unpaced QoS 1/2 scenarios pass both batch sizes, the paced latency run none."""
+    settings = generator.ScenarioSettings.quick()
+    assert 1 <= settings.ack_batch <= settings.window
+    assert 1 <= settings.delivery_batch <= 25  # a quarter of the brokers' in-flight window of 100
+    for scenario in ("fanin-q1", "fanin-q2", "durable-q1", "drain-q1"):
+        options = generator.generator_options(scenario, "127.0.0.1", 1883, settings)
+        assert options[options.index("--ack-batch") + 1] == str(settings.ack_batch)
+        assert options[options.index("--delivery-batch") + 1] == str(settings.delivery_batch)
+    assert "--ack-batch" not in generator.generator_options("latency-q1", "127.0.0.1", 1883, settings)
+    binary = generator.build(tmp_path)
+    refused = subprocess.run([str(binary), "--mode", "flow", "--port", "1883", "--qos", "1", "--window", "20",
+                              "--ack-batch", "21"], capture_output=True, text=True, check=False, timeout=30)
+    assert refused.returncode == 2
