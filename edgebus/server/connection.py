@@ -32,6 +32,12 @@ KEEP_ALIVE_SWEEP_S = 0.5
 #: Most bytes one connection is given per flush round (a reconnect with a long queue must not
 #: build one huge buffer nor hold up the others).
 FLUSH_BATCH_BYTES = 256 * 1024
+#: Most reply bytes (PINGRESP, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK ..., written or held
+#: for a commit) one connection may have pending: past it, its reader stops reading until the socket
+#: has taken them (TCP pushes back on the client). Queued deliveries have the session outbox's bound.
+MAX_PENDING_OUTPUT_BYTES = 1024 * 1024
+#: A connection whose pending output stays past that bound this long is closed.
+OUTPUT_STALL_TIMEOUT_S = 30.0
 
 
 class ClientConnection:
@@ -52,6 +58,7 @@ class ClientConnection:
         "closing",
         "conn",
         "dirty",
+        "drained",
         "last_read",
         "opened",
         "pending",
@@ -81,6 +88,9 @@ class ClientConnection:
         self.dirty = False  # queued for the flusher's next round
         self.pending = b""  # bytes a partial send left for the writer task
         self.closing = False
+        # Set once the output has drained below MAX_PENDING_OUTPUT_BYTES; exists only while the reader
+        # waits for it.
+        self.drained: trio.Event | None = None
         # The Will Message to publish if this connection ends without a normal DISCONNECT.
         self.will: Will | None = None
         conn.wake = self.wake
@@ -153,8 +163,28 @@ class Connections:
             on_events(client)
             if not data:
                 return
+            if conn.output_bytes > MAX_PENDING_OUTPUT_BYTES and not await self._wait_drained(client):
+                log.info("client %s: output stuck for %g s", conn.client_id, OUTPUT_STALL_TIMEOUT_S)
+                self.close(client)
+                return
             if client.pending_connect is not None or client.quota is not None:
                 await self.after_read(client, len(data))  # authentication, rate quota
+
+    async def _wait_drained(self, client: ClientConnection) -> bool:
+        """Backpressure: a client that sends without reading the replies gets no more reads until its
+        pending output is below the bound; False if that takes longer than OUTPUT_STALL_TIMEOUT_S."""
+        drained = client.drained = trio.Event()
+        with trio.move_on_after(OUTPUT_STALL_TIMEOUT_S):
+            await drained.wait()
+        client.drained = None
+        return drained.is_set()
+
+    @staticmethod
+    def _sent(client: ClientConnection) -> None:
+        """The socket took what it was given: a reader waiting for the output to drain may read on."""
+        drained = client.drained
+        if drained is not None and client.conn.output_bytes <= MAX_PENDING_OUTPUT_BYTES:
+            drained.set()
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -218,7 +248,10 @@ class Connections:
         if sent < len(data):
             client.pending = data[sent:]
             self._start_writer(client)
-        elif conn.has_output():
+            return
+        if client.drained is not None:
+            self._sent(client)
+        if conn.has_output():
             client.wake()  # more than one batch: next round, after the others
 
     def _start_writer(self, client: ClientConnection) -> None:
@@ -237,12 +270,14 @@ class Connections:
             if client.pending:
                 data, client.pending = client.pending, b""
                 await stream.send_all(data)
+                self._sent(client)
             while True:
                 chunks = conn.take_output(trio.current_time(), FLUSH_BATCH_BYTES)
                 if chunks:
                     data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
                     stats.bytes_sent += len(data)
                     await stream.send_all(data)
+                    self._sent(client)
                 elif client.closing:
                     break
                 else:
@@ -273,6 +308,8 @@ class Connections:
             conn.send(Disconnect(reason_code, props))
         conn.close()
         client.closing = True
+        if client.drained is not None:
+            client.drained.set()  # a reader waiting for output to drain ends now
         client.wake()
         # A peer that does not read must not hold the connection open: cut it after a grace time.
         self.timers.schedule(trio.current_time() + CLOSE_FLUSH_TIMEOUT_S, client.stream.force_close)
