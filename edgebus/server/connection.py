@@ -25,8 +25,11 @@ log = logging.getLogger("edgebus.server.connection")
 #: subscriber's queue holds 1,000, and fan-in dropped half (80k msg/s delivered); 8 KiB
 #: interleaves ingest with the flusher and delivered 152k msg/s with no loss (bench fanin-q0).
 RECEIVE_BYTES = 8192
-#: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT).
+#: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT) and to drain
+#: what the client still sends, before its socket is closed whatever the state.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
+#: Most bytes read and discarded from a closing connection (after that it is closed, RST or not).
+CLOSE_DRAIN_BYTES = 256 * 1024
 #: How often keep-alive deadlines are checked.
 KEEP_ALIVE_SWEEP_S = 0.5
 #: Most bytes one connection is given per flush round (a reconnect with a long queue must not
@@ -55,6 +58,7 @@ class ClientConnection:
     __slots__ = (
         "_hub",
         "admitted",
+        "close_steps",
         "closing",
         "conn",
         "dirty",
@@ -88,6 +92,9 @@ class ClientConnection:
         self.dirty = False  # queued for the flusher's next round
         self.pending = b""  # bytes a partial send left for the writer task
         self.closing = False
+        # Of the two ends of a close, the last packets flushed and the read side drained: the one that
+        # makes this 2 closes the socket.
+        self.close_steps = 0
         # Set once the output has drained below MAX_PENDING_OUTPUT_BYTES; exists only while the reader
         # waits for it.
         self.drained: trio.Event | None = None
@@ -146,6 +153,31 @@ class Connections:
             log.exception("connection %s (%s) failed", stream.remote, conn.client_id)
         finally:
             self.close(client)
+        await self._drain(client)
+
+    async def _drain(self, client: ClientConnection) -> None:
+        """A closing connection's read side: read and discard until the client closes too, for at most
+        CLOSE_DRAIN_BYTES (and CLOSE_FLUSH_TIMEOUT_S, when the grace timer closes the socket). Closing
+        with unread bytes would make the kernel send RST, and the client would lose the DISCONNECT
+        and its reason code the writer just sent (ARCHITECTURE round 2: closing with a reason code)."""
+        stream = client.stream
+        budget = CLOSE_DRAIN_BYTES
+        try:
+            while budget > 0:
+                data = await stream.receive_some(min(RECEIVE_BYTES, budget))
+                if not data:
+                    break
+                budget -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._close_step(client)
+
+    def _close_step(self, client: ClientConnection) -> None:
+        """One end of a close is done (see ``close_steps``); after both, the socket is closed."""
+        client.close_steps += 1
+        if client.close_steps >= 2:
+            self.clients.pop(client.conn, None)
+            client.stream.force_close()
 
     async def _read_loop(self, client: ClientConnection) -> None:
         conn = client.conn
@@ -266,6 +298,7 @@ class Connections:
         conn = client.conn
         stream = client.stream
         stats = self.stats
+        flushed = False
         try:
             if client.pending:
                 data, client.pending = client.pending, b""
@@ -279,6 +312,7 @@ class Connections:
                     await stream.send_all(data)
                     self._sent(client)
                 elif client.closing:
+                    flushed = True
                     break
                 else:
                     client.writer_running = False  # drained: the flusher takes over again
@@ -289,8 +323,13 @@ class Connections:
             log.exception("writer of %s (%s) failed", stream.remote, conn.client_id)
         client.writer_running = False
         self.close(client)
-        self.clients.pop(conn, None)
-        stream.force_close()  # wakes the reader if it still waits
+        if flushed:
+            # All written: FIN now, and the socket is closed once the reader has drained too.
+            stream.shutdown_write()
+            self._close_step(client)
+        else:
+            self.clients.pop(conn, None)
+            stream.force_close()  # wakes the reader if it still waits
 
     # --- closing ---------------------------------------------------------------------------------
 
