@@ -30,7 +30,9 @@ from edgebus.protocol import (
     encode,
 )
 from edgebus.protocol.packets import Properties
+from edgebus.server import connection
 from tests.clients import MQTT_5, RawClient, Sub
+from tests.conftest import StartBroker
 from tests.processes import start_edgebus_process
 
 #: How long each flood lasts.
@@ -169,3 +171,33 @@ async def test_replies_held_for_a_commit_are_bounded_too(tmp_path: Path) -> None
         finally:
             broker.kill()
             await broker.wait()
+
+
+async def test_a_connection_stuck_past_the_bound_is_closed(
+    start_broker: StartBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose replies stay past the bound for OUTPUT_STALL_TIMEOUT_S (here 1 s) is closed: it
+    must not hold a connection (and its 1 MiB) for ever."""
+    monkeypatch.setattr(connection, "OUTPUT_STALL_TIMEOUT_S", 1.0)
+    broker = await start_broker()
+    assert broker.broker is not None
+    flood = trio.move_on_after(20)
+    with flood:
+        await _flood_until_cut(broker.port)
+    assert not flood.cancelled_caught, "the stuck connection was not closed within 20 s"
+    assert not [c for c in broker.broker.clients if c.conn.client_id == "flooder"]
+
+
+async def _flood_until_cut(port: int) -> None:
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(encode(Connect("flooder", keep_alive=0), MQTT_5))
+    chunk = FLOODS["pingreq"] * CHUNK_PACKETS
+    try:
+        while True:
+            await stream.send_all(chunk)
+    except trio.BrokenResourceError:
+        pass  # closed by the broker
+    await trio.aclose_forcefully(stream)
