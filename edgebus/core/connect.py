@@ -120,6 +120,24 @@ def decide_connect(
     return ConnectAccepted(client_id, assigned, expiry, keep_alive, server_keep_alive, requested)
 
 
+def within_client_maximum(
+    connect: Connect,
+    decision: ConnectAccepted | ConnectRefused,
+    limits: ConnectionLimits,
+    features: ServerFeatures,
+) -> ConnectAccepted | ConnectRefused:
+    """``decision``, unless its CONNACK is larger than the client's Maximum Packet Size: the server MUST
+    NOT send it [MQTT-3.1.2-24], so the connection closes without one."""
+    maximum = connect.properties.maximum_packet_size
+    if maximum is None:
+        return decision
+    if isinstance(decision, ConnectRefused):
+        connack = decision.connack
+    else:  # as long whether a session is present or not
+        connack = decision.connack(False, connect.protocol_level, limits, features)
+    return ConnectRefused(None) if connack is not None and len(connack) > maximum else decision
+
+
 def refusal(level: int, reason: ReasonCode, return_code: ConnectReturnCode) -> bytes:
     """A CONNACK refusing the connection: ``reason`` on v5, ``return_code`` on 3.1.1."""
     return encode(ConnAck(False, reason if level == MQTT_5 else return_code), level)

@@ -1,10 +1,9 @@
 """The server-role connection machine (sans-IO): one network connection from CONNECT to close.
 
-Bytes and a clock go in; events for the broker (edgebus.core.server_events) and bytes to write come
-out: packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases (all three applied by
-edgebus.core.flows), keep-alive. What the flows report, it records in a durable session's journal,
-and it holds back a reply until the store has committed what the reply promises. Nothing here awaits,
-and nothing imports trio, sockets or the store (a test walks the imports).
+Bytes and a clock go in; events for the broker (edgebus.core.server_events) and bytes to write come out:
+packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases (applied by edgebus.core.flows),
+keep-alive. It journals what the flows report and holds a reply until the store committed what it
+promises. Nothing here awaits or imports trio, sockets or the store (a test walks the imports).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from edgebus.core.flows import FlowState, InboundFlows, TopicAliases, Trigger, pubrec_trigger
 from edgebus.core.message import Message, forwarded_properties
 from edgebus.core.server_events import (
+    REPLY_OVERHEAD_BYTES,
     ConnectionLimits,
     ConnectReceived,
     DisconnectReceived,
@@ -58,17 +58,17 @@ class ConnectionState(enum.Enum):
 class Connection:
     """The protocol machine of one network connection, server role.
 
-    `receive_data` feeds bytes; `next_event` returns what the broker must act on, one at a time
-    (so a CONNECT is answered before the packets pipelined behind it are looked at); the rules
-    the broker need not see (acks, pings, QoS 2 duplicates, aliases, flow control) are applied
-    here, the QoS 1/2 ones by the flows of edgebus.core.flows. `take_output` returns the bytes to
-    write, stamping packet ids and aliases on queued deliveries as the send window allows.
+    `receive_data` feeds bytes; `next_event` returns what the broker must act on, one at a time (so a
+    CONNECT is answered before the packets pipelined behind it are looked at); the rules the broker
+    need not see (acks, pings, QoS 2 duplicates, aliases, flow control) are applied here. `take_output`
+    returns the bytes to write, stamping packet ids and aliases as the send window allows.
     """
 
     __slots__ = (
         "_control",
         "_error",
         "_held",
+        "_held_bytes",
         "_packet_index",
         "_packets",
         "aliases",
@@ -81,6 +81,7 @@ class Connection:
         "keep_alive",
         "limits",
         "on_hold",
+        "output_bytes",
         "protocol_level",
         "session",
         "session_expiry_at_connect",
@@ -105,6 +106,9 @@ class Connection:
         self._packet_index = 0
         self._error: ProtocolError | None = None
         self._control: list[bytes] = []  # acks, SUBACKs, PINGRESPs: written before queued messages
+        # Bytes in `_control` and `_held` (+ overhead): the broker stops reading while past its bound.
+        self.output_bytes = 0
+        self._held_bytes = 0
         # Replies waiting for a store commit, in order: (commit number, bytes). Once one waits,
         # everything after it waits too, so acks keep the order of their PUBLISHes [MQTT-4.6.0-2].
         self._held: deque[tuple[int, bytes]] = deque()
@@ -289,9 +293,8 @@ class Connection:
             wait = 0
             if step.advanced and journal is not None:
                 assert flight is not None
-                # Now awaiting PUBCOMP: PUBREL only once that is on disk, as after a crash the
-                # broker must resend PUBREL, not the PUBLISH [MQTT-4.3.3-6], which the client would
-                # take for a new message.
+                # Now awaiting PUBCOMP: PUBREL only once that is on disk, as after a crash the broker
+                # must resend PUBREL, not the PUBLISH (a new message to the client) [MQTT-4.3.3-6].
                 wait = journal.delivery_pubrec(session, flight.delivery, packet_id)
             self._reply(step.reply_bytes(packet_id, self.protocol_level), wait)
 
@@ -340,13 +343,13 @@ class Connection:
             self.session_expiry_at_connect = props.session_expiry_interval or 0
         self._control.append(connack)
         self._control.extend(inflight.resend(level, lambda pid, flight: flight.resend(level, pid)))
+        self.output_bytes += sum(map(len, self._control)) + REPLY_OVERHEAD_BYTES * len(self._control)
         self.wake()
 
     def reject(self, connack: bytes) -> None:
         """CONNECT refused: the CONNACK is the last thing written [MQTT-3.2.2-7]."""
         self.state = ConnectionState.CLOSED
-        self._control.append(connack)
-        self.wake()
+        self._reply(connack)
 
     def send(self, packet: Packet, wait: int = 0) -> None:
         """Queue a control packet (SUBACK, UNSUBACK, DISCONNECT, ...), after commit ``wait``."""
@@ -355,6 +358,7 @@ class Connection:
     def _reply(self, data: bytes, wait: int = 0) -> None:
         if not self._held_back(data, wait):
             self._control.append(data)
+            self.output_bytes += len(data) + REPLY_OVERHEAD_BYTES
             self.wake()
 
     def _held_back(self, data: bytes, wait: int) -> bool:
@@ -364,6 +368,9 @@ class Connection:
         if not self._held:
             self.on_hold(self)
         self._held.append((wait, data))
+        size = len(data) + REPLY_OVERHEAD_BYTES
+        self._held_bytes += size
+        self.output_bytes += size
         return True
 
     def release(self, committed_seq: int) -> bool:
@@ -373,7 +380,9 @@ class Connection:
         held = self._held
         released = False
         while held and held[0][0] <= committed_seq:
-            self._control.append(held.popleft()[1])
+            data = held.popleft()[1]
+            self._control.append(data)
+            self._held_bytes -= len(data) + REPLY_OVERHEAD_BYTES
             released = True
         if released:
             self.wake()
@@ -381,10 +390,6 @@ class Connection:
 
     def close(self) -> None:
         self.state = ConnectionState.CLOSED
-
-    @property
-    def is_connected(self) -> bool:
-        return self.state is ConnectionState.CONNECTED
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -403,6 +408,7 @@ class Connection:
         [MQTT-3.3.4-7]."""
         out = self._control
         self._control = []
+        self.output_bytes = self._held_bytes
         session = self.session
         if session is None or self.state is not ConnectionState.CONNECTED:
             return out

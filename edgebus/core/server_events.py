@@ -13,6 +13,10 @@ from edgebus.core.message import Message
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Connect, Disconnect, Subscribe, Unsubscribe
 
+#: What CPython spends on one small reply besides its wire bytes (a bytes object's header and its list
+#: slot, or a held reply's tuple), so that `Connection.output_bytes` bounds memory, not just wire bytes.
+REPLY_OVERHEAD_BYTES = 64
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectReceived:

@@ -14,7 +14,13 @@ from edgebus import __version__
 from edgebus.bridge.runner import Bridge
 from edgebus.bridge.sinks import sink_class
 from edgebus.config import Config
-from edgebus.core.connect import ConnectRefused, ServerFeatures, answer_violation, decide_connect
+from edgebus.core.connect import (
+    ConnectRefused,
+    ServerFeatures,
+    answer_violation,
+    decide_connect,
+    within_client_maximum,
+)
 from edgebus.core.message import Message
 from edgebus.core.router import RetainedIndex, Router
 from edgebus.core.server import Connection
@@ -322,6 +328,7 @@ class Broker:
         if admission.auth is not None and not client.admitted and not admission.admit(client, connect):
             return  # the reader finishes the admission (`_after_read`)
         decision = decide_connect(connect, self.features, _new_client_id)
+        decision = within_client_maximum(connect, decision, self.limits, self.features)
         if isinstance(decision, ConnectRefused):
             if decision.connack is not None:
                 client.conn.reject(decision.connack)

@@ -25,13 +25,22 @@ log = logging.getLogger("edgebus.server.connection")
 #: subscriber's queue holds 1,000, and fan-in dropped half (80k msg/s delivered); 8 KiB
 #: interleaves ingest with the flusher and delivered 152k msg/s with no loss (bench fanin-q0).
 RECEIVE_BYTES = 8192
-#: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT).
+#: How long a closing connection may take to flush its last packets (e.g. a DISCONNECT) and to drain
+#: what the client still sends, before its socket is closed whatever the state.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
+#: Most bytes read and discarded from a closing connection (after that it is closed, RST or not).
+CLOSE_DRAIN_BYTES = 256 * 1024
 #: How often keep-alive deadlines are checked.
 KEEP_ALIVE_SWEEP_S = 0.5
 #: Most bytes one connection is given per flush round (a reconnect with a long queue must not
 #: build one huge buffer nor hold up the others).
 FLUSH_BATCH_BYTES = 256 * 1024
+#: Most reply bytes (PINGRESP, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK ..., written or held
+#: for a commit) one connection may have pending: past it, its reader stops reading until the socket
+#: has taken them (TCP pushes back on the client). Queued deliveries have the session outbox's bound.
+MAX_PENDING_OUTPUT_BYTES = 1024 * 1024
+#: A connection whose pending output stays past that bound this long is closed.
+OUTPUT_STALL_TIMEOUT_S = 30.0
 
 
 class ClientConnection:
@@ -49,9 +58,11 @@ class ClientConnection:
     __slots__ = (
         "_hub",
         "admitted",
+        "close_steps",
         "closing",
         "conn",
         "dirty",
+        "drained",
         "last_read",
         "opened",
         "pending",
@@ -81,6 +92,12 @@ class ClientConnection:
         self.dirty = False  # queued for the flusher's next round
         self.pending = b""  # bytes a partial send left for the writer task
         self.closing = False
+        # Of the two ends of a close, the last packets flushed and the read side drained: the one that
+        # makes this 2 closes the socket.
+        self.close_steps = 0
+        # Set once the output has drained below MAX_PENDING_OUTPUT_BYTES; exists only while the reader
+        # waits for it.
+        self.drained: trio.Event | None = None
         # The Will Message to publish if this connection ends without a normal DISCONNECT.
         self.will: Will | None = None
         conn.wake = self.wake
@@ -136,6 +153,31 @@ class Connections:
             log.exception("connection %s (%s) failed", stream.remote, conn.client_id)
         finally:
             self.close(client)
+        await self._drain(client)
+
+    async def _drain(self, client: ClientConnection) -> None:
+        """A closing connection's read side: read and discard until the client closes too, for at most
+        CLOSE_DRAIN_BYTES (and CLOSE_FLUSH_TIMEOUT_S, when the grace timer closes the socket). Closing
+        with unread bytes would make the kernel send RST, and the client would lose the DISCONNECT
+        and its reason code the writer just sent (ARCHITECTURE round 2: closing with a reason code)."""
+        stream = client.stream
+        budget = CLOSE_DRAIN_BYTES
+        try:
+            while budget > 0:
+                data = await stream.receive_some(min(RECEIVE_BYTES, budget))
+                if not data:
+                    break
+                budget -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._close_step(client)
+
+    def _close_step(self, client: ClientConnection) -> None:
+        """One end of a close is done (see ``close_steps``); after both, the socket is closed."""
+        client.close_steps += 1
+        if client.close_steps >= 2:
+            self.clients.pop(client.conn, None)
+            client.stream.force_close()
 
     async def _read_loop(self, client: ClientConnection) -> None:
         conn = client.conn
@@ -153,8 +195,28 @@ class Connections:
             on_events(client)
             if not data:
                 return
+            if conn.output_bytes > MAX_PENDING_OUTPUT_BYTES and not await self._wait_drained(client):
+                log.info("client %s: output stuck for %g s", conn.client_id, OUTPUT_STALL_TIMEOUT_S)
+                self.close(client)
+                return
             if client.pending_connect is not None or client.quota is not None:
                 await self.after_read(client, len(data))  # authentication, rate quota
+
+    async def _wait_drained(self, client: ClientConnection) -> bool:
+        """Backpressure: a client that sends without reading the replies gets no more reads until its
+        pending output is below the bound; False if that takes longer than OUTPUT_STALL_TIMEOUT_S."""
+        drained = client.drained = trio.Event()
+        with trio.move_on_after(OUTPUT_STALL_TIMEOUT_S):
+            await drained.wait()
+        client.drained = None
+        return drained.is_set()
+
+    @staticmethod
+    def _sent(client: ClientConnection) -> None:
+        """The socket took what it was given: a reader waiting for the output to drain may read on."""
+        drained = client.drained
+        if drained is not None and client.conn.output_bytes <= MAX_PENDING_OUTPUT_BYTES:
+            drained.set()
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -218,7 +280,10 @@ class Connections:
         if sent < len(data):
             client.pending = data[sent:]
             self._start_writer(client)
-        elif conn.has_output():
+            return
+        if client.drained is not None:
+            self._sent(client)
+        if conn.has_output():
             client.wake()  # more than one batch: next round, after the others
 
     def _start_writer(self, client: ClientConnection) -> None:
@@ -233,17 +298,21 @@ class Connections:
         conn = client.conn
         stream = client.stream
         stats = self.stats
+        flushed = False
         try:
             if client.pending:
                 data, client.pending = client.pending, b""
                 await stream.send_all(data)
+                self._sent(client)
             while True:
                 chunks = conn.take_output(trio.current_time(), FLUSH_BATCH_BYTES)
                 if chunks:
                     data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
                     stats.bytes_sent += len(data)
                     await stream.send_all(data)
+                    self._sent(client)
                 elif client.closing:
+                    flushed = True
                     break
                 else:
                     client.writer_running = False  # drained: the flusher takes over again
@@ -254,8 +323,13 @@ class Connections:
             log.exception("writer of %s (%s) failed", stream.remote, conn.client_id)
         client.writer_running = False
         self.close(client)
-        self.clients.pop(conn, None)
-        stream.force_close()  # wakes the reader if it still waits
+        if flushed:
+            # All written: FIN now, and the socket is closed once the reader has drained too.
+            stream.shutdown_write()
+            self._close_step(client)
+        else:
+            self.clients.pop(conn, None)
+            stream.force_close()  # wakes the reader if it still waits
 
     # --- closing ---------------------------------------------------------------------------------
 
@@ -273,6 +347,8 @@ class Connections:
             conn.send(Disconnect(reason_code, props))
         conn.close()
         client.closing = True
+        if client.drained is not None:
+            client.drained.set()  # a reader waiting for output to drain ends now
         client.wake()
         # A peer that does not read must not hold the connection open: cut it after a grace time.
         self.timers.schedule(trio.current_time() + CLOSE_FLUSH_TIMEOUT_S, client.stream.force_close)

@@ -20,6 +20,12 @@ class ClientStream(Protocol):
 
     def force_close(self) -> None: ...
 
+    def shutdown_write(self) -> None:
+        """Send end of stream (TCP FIN) after what was written, and keep the read side open: a closing
+        server reads on and discards, so the kernel does not answer the peer's late packets with RST
+        (which discards what the peer has not read yet, e.g. a DISCONNECT's reason code)."""
+        ...
+
 
 def peer_identity(stream: ClientStream) -> str | None:
     """The user name a client certificate gives on a listener with use_identity_as_username ("" if the

@@ -102,6 +102,15 @@ class TcpStream(trio.abc.Stream):
             pass  # not inside trio (e.g. at interpreter exit)
         self._sock.close()
 
+    def shutdown_write(self) -> None:
+        """FIN after the bytes sent; reads go on (see ClientStream.shutdown_write)."""
+        if self._closed:
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is gone already
+
     async def aclose(self) -> None:
         self.force_close()
         await trio.lowlevel.checkpoint()

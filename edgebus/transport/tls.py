@@ -79,6 +79,11 @@ class _TlsOverTcp(trio.abc.Stream):
         self._closed = True
         self._transport.force_close()
 
+    def shutdown_write(self) -> None:
+        """TCP FIN without a close_notify (as `force_close` sends none): the records written reach the
+        peer, and reads go on until it closes too."""
+        self._transport.shutdown_write()
+
     async def aclose(self) -> None:
         self.force_close()
         await trio.lowlevel.checkpoint()

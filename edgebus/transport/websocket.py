@@ -141,6 +141,11 @@ class WebSocketStream(trio.abc.Stream):
         self._closed = True
         self._transport.force_close()
 
+    def shutdown_write(self) -> None:
+        """The transport's FIN, without a close frame (as `force_close` sends none): the frames written
+        reach the peer, and reads go on until it closes too."""
+        self._transport.shutdown_write()
+
     async def aclose(self) -> None:
         self.force_close()
         await trio.lowlevel.checkpoint()
