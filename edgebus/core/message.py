@@ -193,3 +193,12 @@ def forwarded_properties(props: Properties) -> Properties:
         correlation_data=props.correlation_data,
         user_properties=props.user_properties,
     )
+
+
+def is_utf8(payload: bytes) -> bool:
+    """Whether a payload is well-formed UTF-8 (a Payload Format Indicator of 1 promises it, §3.3.2.3.2)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

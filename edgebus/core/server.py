@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from edgebus.core.flows import FlowState, InboundFlows, TopicAliases, Trigger, pubrec_trigger
-from edgebus.core.message import Message, forwarded_properties
+from edgebus.core.message import Message, forwarded_properties, is_utf8
 from edgebus.core.server_events import (
     REPLY_OVERHEAD_BYTES,
     ConnectionLimits,
@@ -225,7 +225,7 @@ class Connection:
                 aliases = self.aliases
                 assert aliases is not None  # a PUBLISH is handled only once the connection is accepted
                 topic = aliases.resolve(alias, topic)
-            if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+            if props.payload_format_indicator == 1 and not is_utf8(packet.payload):
                 # §3.3.2.3.2: the receiver may check the payload format and answer 0x99.
                 if qos == 0:
                     raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8")
@@ -488,14 +488,6 @@ class Connection:
         if self.state is ConnectionState.AWAIT_CONNECT:
             return None
         return self.keep_alive * 1.5 if self.keep_alive else None
-
-
-def _is_utf8(payload: bytes) -> bool:
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _nothing(*_: object) -> None:
