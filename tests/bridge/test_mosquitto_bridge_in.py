@@ -164,8 +164,10 @@ async def test_mosquitto_bridge_both_ways_through_a_link_cut(
         assert not missing, (side, sorted(missing))
         for (topic, payload, qos), times in seen.items():
             assert qos == int(topic[1])
-            if qos == 2 or "/before" in topic:
-                assert times == 1, (topic, payload, times)  # exactly once; no echo
+            if qos == 2:
+                assert times == 1, (topic, payload, times)  # exactly once [MQTT-4.3.3-*]; no echo
+            # QoS 1 crossing the bridge may arrive twice: a PUBLISH in flight when the link was cut is
+            # sent again with DUP and delivered again (at least once, §4.3.2). Echoes are checked below.
     # No echo: a message published on one side reaches the local subscriber on that side once,
     # including QoS 1 (a copy sent back over the bridge would arrive a second time).
     for seen, own in ((on_mosquitto, "up"), (on_edgebus, "down")):
