@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import trio
-from edgebus_fleet.engine import Engine
 from edgebus_fleet.profiles import ChaosSettings, load_fleet
 
-from tests.clients import PahoClient
 from tests.conftest import BrokerHandle
-from tests.fleet.conftest import FIRMWARE_SIM
+from tests.fleet.conftest import FIRMWARE_SIM, run_observed
 
 
 async def test_paho_subscriber_sees_exactly_what_devices_sent(any_broker: BrokerHandle) -> None:
@@ -25,19 +22,6 @@ async def test_paho_subscriber_sees_exactly_what_devices_sent(any_broker: Broker
         for g in fleet.groups[:3]
     )
     fleet = replace(fleet, name="paho-check", groups=groups, ramp_up=0.2, drain=3.0, chaos=ChaosSettings())
-    paho = PahoClient("paho-observer", 5)
-    await paho.connect(any_broker.host, any_broker.port)
-    await paho.subscribe("fleet/#", 2)
-    engine = Engine(fleet, any_broker.host, any_broker.port, duration=3.0)
-    engine.sent_log = []
-    try:
-        result = await engine.run()
-        await trio.sleep(0.5)
-        seen = paho.drain_messages()
-    finally:
-        await trio.to_thread.run_sync(paho.force_close)
-    assert result.passed, result.violations
-    sent = sorted((topic, payload, qos) for topic, payload, qos, _ in engine.sent_log)
-    observed = sorted((m.topic, m.payload, m.qos) for m in seen if not m.retain and m.payload != b"offline")
+    sent, observed = await run_observed(fleet, any_broker)
     assert {qos for _, _, qos in sent} == {0, 1, 2}  # every QoS of the sample was exercised
     assert observed == sent

@@ -6,14 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import trio
-from edgebus_fleet.engine import Engine
 from edgebus_fleet.profiles import ChaosSettings, load_fleet, load_profile
 
 from edgebus.protocol.enums import MQTT_3_1
-from tests.clients import PahoClient
 from tests.conftest import BrokerHandle
-from tests.fleet.conftest import FIRMWARE_SIM, ROOT
+from tests.fleet.conftest import FIRMWARE_SIM, ROOT, run_observed
 
 
 def test_protocol_3_1_in_a_profile(tmp_path: Path) -> None:
@@ -43,19 +40,6 @@ async def test_3_1_devices_deliver_what_they_sent(any_broker: BrokerHandle) -> N
         for g in fleet.groups[:3]
     )
     fleet = replace(fleet, name="mqtt31", groups=groups, ramp_up=0.2, drain=3.0, chaos=ChaosSettings())
-    paho = PahoClient("paho-observer", 5)
-    await paho.connect(any_broker.host, any_broker.port)
-    await paho.subscribe("fleet/#", 2)
-    engine = Engine(fleet, any_broker.host, any_broker.port, duration=3.0)
-    engine.sent_log = []
-    try:
-        result = await engine.run()
-        await trio.sleep(0.5)
-        seen = paho.drain_messages()
-    finally:
-        await trio.to_thread.run_sync(paho.force_close)
-    assert result.passed, result.violations
-    sent = sorted((topic, payload, qos) for topic, payload, qos, _ in engine.sent_log)
-    observed = sorted((m.topic, m.payload, m.qos) for m in seen if not m.retain and m.payload != b"offline")
+    sent, observed = await run_observed(fleet, any_broker)
     assert {qos for _, _, qos in sent} == {0, 1, 2}
     assert observed == sent
