@@ -439,7 +439,7 @@ def verdicts(scenario: str, figures: dict[str, Any]) -> list[str]:
         return ["ERROR"]
     gen_cpu = figures.get("gen_cpu_pct")
     if scenario != "idle-rss" and gen_cpu is not None and gen_cpu > GENERATOR_CPU_LIMIT_PCT:
-        found.append("GENERATOR-BOUND")
+        found.append(f"GENERATOR-BOUND {gen_cpu:.0f}%")
     if figures.get("lost_acked"):
         found.append(f"LOST {figures['lost_acked']:,} ACKED")
     if QOS_OF.get(scenario) == 2 and figures.get("duplicated"):

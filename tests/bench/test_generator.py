@@ -50,7 +50,7 @@ def test_every_scenario_has_generator_options() -> None:
 
 def test_verdicts() -> None:
     assert generator.verdicts("fanin-q0", {"gen_cpu_pct": 20.0, "lost": 5}) == []
-    assert generator.verdicts("fanin-q0", {"gen_cpu_pct": 51.0}) == ["GENERATOR-BOUND"]
+    assert generator.verdicts("fanin-q0", {"gen_cpu_pct": 51.0}) == ["GENERATOR-BOUND 51%"]
     assert generator.verdicts("fanin-q1", {"gen_cpu_pct": 10.0, "lost_acked": 1200}) == ["LOST 1,200 ACKED"]
     assert generator.verdicts("fanin-q2", {"gen_cpu_pct": 10.0, "duplicated": 3}) == [
         "DUPLICATED 3 (QoS 2)"]
