@@ -3,6 +3,7 @@ task for a socket that is backed up, closing, and the keep-alive sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -325,7 +326,8 @@ class Connections:
         self.close(client)
         if flushed:
             # All written: FIN now, and the socket is closed once the reader has drained too.
-            stream.shutdown_write()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.close_write()
             self._close_step(client)
         else:
             self.clients.pop(conn, None)

@@ -20,10 +20,11 @@ class ClientStream(Protocol):
 
     def force_close(self) -> None: ...
 
-    def shutdown_write(self) -> None:
-        """Send end of stream (TCP FIN) after what was written, and keep the read side open: a closing
-        server reads on and discards, so the kernel does not answer the peer's late packets with RST
-        (which discards what the peer has not read yet, e.g. a DISCONNECT's reason code)."""
+    async def close_write(self) -> None:
+        """End what this side sends, after what was written (a WebSocket close frame, then the TCP FIN),
+        and keep the read side open: a closing server reads on and discards, so the kernel does not
+        answer the peer's late packets with RST (which discards what the peer has not read yet, e.g. a
+        DISCONNECT's reason code)."""
         ...
 
 

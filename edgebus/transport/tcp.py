@@ -103,13 +103,17 @@ class TcpStream(trio.abc.Stream):
         self._sock.close()
 
     def shutdown_write(self) -> None:
-        """FIN after the bytes sent; reads go on (see ClientStream.shutdown_write)."""
+        """FIN after the bytes sent; reads go on (see ClientStream.close_write)."""
         if self._closed:
             return
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the peer is gone already
+
+    async def close_write(self) -> None:
+        self.shutdown_write()
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         self.force_close()

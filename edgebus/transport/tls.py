@@ -79,10 +79,12 @@ class _TlsOverTcp(trio.abc.Stream):
         self._closed = True
         self._transport.force_close()
 
-    def shutdown_write(self) -> None:
+    async def close_write(self) -> None:
         """TCP FIN without a close_notify (as `force_close` sends none): the records written reach the
-        peer, and reads go on until it closes too."""
-        self._transport.shutdown_write()
+        peer, and reads go on until it closes too. MQTT packets delimit themselves, so a client cannot
+        mistake a truncated stream for a complete packet; what a close_notify would add is a clean
+        ending in the client's TLS log."""
+        await self._transport.close_write()
 
     async def aclose(self) -> None:
         self.force_close()

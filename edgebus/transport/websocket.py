@@ -141,10 +141,16 @@ class WebSocketStream(trio.abc.Stream):
         self._closed = True
         self._transport.force_close()
 
-    def shutdown_write(self) -> None:
-        """The transport's FIN, without a close frame (as `force_close` sends none): the frames written
-        reach the peer, and reads go on until it closes too."""
-        self._transport.shutdown_write()
+    async def close_write(self) -> None:
+        """A close frame (1000, normal closure: RFC 6455 §7.4.1), then the transport's FIN: after the last
+        MQTT bytes the client sees a WebSocket that closed cleanly, not an abnormal closure (1006).
+        Reads go on until the client closes too; its close frame reads as end of stream."""
+        if self._ws.state is ConnectionState.OPEN:
+            try:
+                await self._send_event(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
+                pass  # the client is gone already
+        await self._transport.close_write()
 
     async def aclose(self) -> None:
         self.force_close()

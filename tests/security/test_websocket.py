@@ -132,3 +132,37 @@ async def test_text_frame_closes_the_connection(start_broker: StartBroker) -> No
             closed = any(isinstance(event, CloseConnection) for event in ws.events())
     assert closed
     await stream.aclose()
+
+
+async def test_a_close_with_a_reason_code_ends_with_a_normal_close_frame(start_broker: StartBroker) -> None:
+    """When the server ends a v5 connection it sends DISCONNECT with the reason code [MQTT-4.13.2-1]; over
+    WebSocket the MQTT bytes are followed by a close frame 1000 (RFC 6455 §7.4.1), so a browser client
+    sees a clean close rather than an abnormal closure (1006, no close frame)."""
+    broker = await start_broker(listeners=[{"type": "ws"}])
+    stream, ws, events = await handshake(broker)
+    assert isinstance(events[0], AcceptConnection)
+    await stream.send_all(ws.send(BytesMessage(data=encode(Connect("ws-closed"), MQTT_5))))
+    # A second CONNECT is a protocol error: DISCONNECT 0x82 [MQTT-3.1.0-2].
+    decoder = PacketDecoder(role="client", protocol_level=MQTT_5)
+    packets: list[object] = []
+    close: CloseConnection | None = None
+    sent_second = False
+    with trio.fail_after(5):
+        while close is None:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, BytesMessage):
+                    packets.extend(decoder.receive_data(bytes(event.data)))
+                elif isinstance(event, CloseConnection):
+                    close = event
+            if packets and not sent_second:
+                sent_second = True
+                await stream.send_all(ws.send(BytesMessage(data=encode(Connect("ws-closed"), MQTT_5))))
+    assert isinstance(packets[0], ConnAck) and packets[0].reason_code == 0
+    assert [type(p).__name__ for p in packets[1:]] == ["Disconnect"]
+    assert getattr(packets[1], "reason_code", None) == 0x82
+    assert close is not None and close.code == 1000
+    await stream.aclose()
