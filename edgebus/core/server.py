@@ -111,7 +111,8 @@ class Connection:
         self._held_bytes = 0
         # Replies waiting for a store commit, in order: (commit number, bytes). Once one waits,
         # everything after it waits too, so acks keep the order of their PUBLISHes [MQTT-4.6.0-2].
-        self._held: deque[tuple[int, bytes]] = deque()
+        # None while nothing is held: an empty deque costs ~600 bytes, and most connections never hold.
+        self._held: deque[tuple[int, bytes]] | None = None
         self.committed_seq = 0
         # Called when the first reply is held, so the broker knows to call `release` on commits.
         self.on_hold: Callable[[Connection], None] = _nothing
@@ -363,11 +364,14 @@ class Connection:
 
     def _held_back(self, data: bytes, wait: int) -> bool:
         """Hold ``data`` back if it must wait for commit ``wait``, or behind a reply held already."""
-        if wait <= self.committed_seq and not self._held:
+        held = self._held
+        if wait <= self.committed_seq and not held:
             return False
-        if not self._held:
+        if not held:
             self.on_hold(self)
-        self._held.append((wait, data))
+            if held is None:
+                held = self._held = deque()
+        held.append((wait, data))
         size = len(data) + REPLY_OVERHEAD_BYTES
         self._held_bytes += size
         self.output_bytes += size
@@ -378,6 +382,8 @@ class Connection:
         whether some still wait."""
         self.committed_seq = committed_seq
         held = self._held
+        if held is None:
+            return False
         released = False
         while held and held[0][0] <= committed_seq:
             data = held.popleft()[1]
@@ -386,7 +392,10 @@ class Connection:
             released = True
         if released:
             self.wake()
-        return bool(held)
+        if held:
+            return True
+        self._held = None
+        return False
 
     def close(self) -> None:
         self.state = ConnectionState.CLOSED

@@ -48,10 +48,14 @@ class TcpStream(trio.abc.Stream):
             try:
                 data = sock.recv(max_bytes or 65536)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
+                # Wait below, not here: inside the except block the exception and its traceback
+                # would stay alive for as long as the connection is idle (~600 B per connection).
+                data = None
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+            if data is None:
+                await trio.lowlevel.wait_readable(sock)
+                continue
             # Still give other tasks a turn (every async call is a checkpoint, so a flooding client
             # cannot starve the rest), shielded so that bytes already read are never lost.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -69,11 +73,13 @@ class TcpStream(trio.abc.Stream):
                 raise trio.ClosedResourceError("stream closed")
             try:
                 sent += sock.send(view[sent:])
+                continue
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                waited = True
+                pass  # wait outside the except block (see receive_some)
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+            await trio.lowlevel.wait_writable(sock)
+            waited = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
