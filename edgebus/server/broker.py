@@ -208,6 +208,7 @@ class Broker:
                 root.start_soon(connections.flush_forever)
                 async with trio.open_nursery() as tasks:
                     connections.start_writers_in(tasks)  # the connections' tasks end with this nursery
+                    tasks.start_soon(connections.poll_forever)
                     tasks.start_soon(self._accept, listeners, tasks)
                     task_status.started(self.addresses)
                     await self._shutdown_requested.wait()
@@ -215,6 +216,7 @@ class Broker:
                     self._listen_scope.cancel()
                     for client in list(connections.clients.values()):
                         client.close(ReasonCode.SERVER_SHUTTING_DOWN)  # [MQTT-3.14.2-1] 0x8B
+                    connections.stop_polling()  # it ends once its connections have drained
                     tasks.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
                 connections.stop_writers()
                 root.cancel_scope.cancel()

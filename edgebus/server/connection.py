@@ -1,9 +1,11 @@
-"""Connection I/O: the reader task of each connection, the one flusher that writes them all, a writer
-task for a socket that is backed up, closing, and the keep-alive sweep."""
+"""Connection I/O: reading (a task per connection until it is established, then the shared poller), the
+one flusher that writes them all, a writer task for a socket that is backed up, closing, and the
+keep-alive sweep."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,8 +18,10 @@ from edgebus.core.server_events import ConnectionLimits
 from edgebus.core.stats import Stats
 from edgebus.protocol.enums import MQTT_5, ReasonCode
 from edgebus.protocol.packets import Connect, Disconnect, Properties, Will
+from edgebus.server.poller import ReadPoller
 from edgebus.server.timers import Timers
 from edgebus.transport.stream import ClientStream
+from edgebus.transport.tcp import TcpStream
 
 log = logging.getLogger("edgebus.server.connection")
 
@@ -47,13 +51,15 @@ OUTPUT_STALL_TIMEOUT_S = 30.0
 class ClientConnection:
     """The trio side of one connection: its stream, how its output gets written, its lifecycle.
 
-    The reader task lives as long as the connection. Output is written by the flusher task with one
-    non-blocking send per connection per scheduler round; only when a socket is backed up does the
-    connection get a writer task of its own, which ends once it has drained. So at any moment
-    exactly one party writes to a stream (no lock), an idle connection costs one task, and fan-out
-    to many subscribers costs one task switch per round, not one per subscriber. Keep-alive is one
-    sweep over all connections; a close that cannot flush in time closes the socket, which wakes
-    any task waiting on it.
+    A reader task reads the connection until it is established; then a plain TCP connection with
+    nothing to wait for is read by the shared poller (edgebus.server.poller), and gets a reader task
+    again only while it must wait (backpressure, a rate quota). TLS and WebSocket connections keep
+    their reader task. Output is written by the flusher task with one non-blocking send per connection
+    per scheduler round; only when a socket is backed up does the connection get a writer task of its
+    own, which ends once it has drained. So at any moment exactly one party reads and one writes a
+    stream (no lock), an idle TCP connection costs no task, and fan-out to many subscribers costs one
+    task switch per round, not one per subscriber. Keep-alive is one sweep over all connections; a
+    close that cannot flush in time closes the socket, which wakes any task waiting on it.
     """
 
     __slots__ = (
@@ -63,11 +69,13 @@ class ClientConnection:
         "closing",
         "conn",
         "dirty",
+        "drain_budget",
         "drained",
         "last_read",
         "opened",
         "pending",
         "pending_connect",
+        "polled_fd",
         "quota",
         "stream",
         "username",
@@ -96,6 +104,8 @@ class ClientConnection:
         # Of the two ends of a close, the last packets flushed and the read side drained: the one that
         # makes this 2 closes the socket.
         self.close_steps = 0
+        self.drain_budget = CLOSE_DRAIN_BYTES  # what the poller may still read and discard, closing
+        self.polled_fd = -1  # the socket's fd while the shared poller reads it
         # Set once the output has drained below MAX_PENDING_OUTPUT_BYTES; exists only while the reader
         # waits for it.
         self.drained: trio.Event | None = None
@@ -141,20 +151,31 @@ class Connections:
         self._dirty: list[ClientConnection] = []
         self._parked_flusher: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None  # where writer tasks start; None once closing down
+        self.poller: ReadPoller[ClientConnection] = ReadPoller(self._on_readable)
+        self._polling = False  # the poller runs and takes connections
 
     # --- reading ---------------------------------------------------------------------------------
 
     async def serve(self, conn: Connection, stream: ClientStream, quota: RateQuota | None) -> None:
-        """The reader task of one connection, until it closes."""
+        """The reader task of a new connection, until it closes or the poller takes it over."""
         client = ClientConnection(self, conn, stream, trio.current_time(), quota)
         self.clients[conn] = client
+        await self._read(client, None)
+
+    async def _read(self, client: ClientConnection, waiting_read: int | None) -> None:
+        """A reader task: first what the read of ``waiting_read`` bytes (made by the poller) must wait
+        for, then reads until the connection closes, or is established and handed to the poller."""
+        handed_over = False
         try:
-            await self._read_loop(client)
+            if waiting_read is None or await self._wait_if_needed(client, waiting_read):
+                handed_over = await self._read_loop(client)
         except Exception:
-            log.exception("connection %s (%s) failed", stream.remote, conn.client_id)
+            log.exception("connection %s (%s) failed", client.stream.remote, client.conn.client_id)
         finally:
-            self.close(client)
-        await self._drain(client)
+            if not handed_over:
+                self.close(client)
+        if not handed_over:
+            await self._drain(client)
 
     async def _drain(self, client: ClientConnection) -> None:
         """A closing connection's read side: read and discard until the client closes too, for at most
@@ -162,13 +183,12 @@ class Connections:
         with unread bytes would make the kernel send RST, and the client would lose the DISCONNECT
         and its reason code the writer just sent (ARCHITECTURE round 2: closing with a reason code)."""
         stream = client.stream
-        budget = CLOSE_DRAIN_BYTES
         try:
-            while budget > 0:
-                data = await stream.receive_some(min(RECEIVE_BYTES, budget))
+            while client.drain_budget > 0:
+                data = await stream.receive_some(min(RECEIVE_BYTES, client.drain_budget))
                 if not data:
                     break
-                budget -= len(data)
+                client.drain_budget -= len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         self._close_step(client)
@@ -177,31 +197,112 @@ class Connections:
         """One end of a close is done (see ``close_steps``); after both, the socket is closed."""
         client.close_steps += 1
         if client.close_steps >= 2:
-            self.clients.pop(client.conn, None)
-            client.stream.force_close()
+            self._cut(client)
 
-    async def _read_loop(self, client: ClientConnection) -> None:
-        conn = client.conn
+    def _cut(self, client: ClientConnection) -> None:
+        """Close the socket now (a task waiting on it wakes up) and forget the connection."""
+        self._unpoll(client)
+        self.clients.pop(client.conn, None)
+        client.stream.force_close()
+
+    async def _read_loop(self, client: ClientConnection) -> bool:
+        """Read until the connection closes (False) or the poller takes it over (True)."""
         stream = client.stream
-        stats = self.stats
-        on_events = self.on_events
         while not client.closing:
+            if self._polling and isinstance(stream, TcpStream) and self._pollable(client):
+                fd = client.polled_fd = stream.fileno()
+                self.poller.add(fd, client)
+                return True
             try:
                 data = await stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            client.last_read = trio.current_time()
-            stats.bytes_received += len(data)
-            conn.receive_data(data if isinstance(data, bytes) else bytes(data))
-            on_events(client)
-            if not data:
-                return
-            if conn.output_bytes > MAX_PENDING_OUTPUT_BYTES and not await self._wait_drained(client):
-                log.info("client %s: output stuck for %g s", conn.client_id, OUTPUT_STALL_TIMEOUT_S)
+                return False
+            if not self._received(client, data):
+                return False
+            if not await self._wait_if_needed(client, len(data)):
+                return False
+        return False
+
+    def _received(self, client: ClientConnection, data: bytes | bytearray) -> bool:
+        """Hop 1 to hop 2: a read to the connection's machine, and what it decoded to the broker.
+        False at end of stream."""
+        client.last_read = trio.current_time()
+        self.stats.bytes_received += len(data)
+        client.conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+        self.on_events(client)
+        return bool(data)
+
+    @staticmethod
+    def _must_wait(client: ClientConnection) -> bool:
+        return (
+            client.conn.output_bytes > MAX_PENDING_OUTPUT_BYTES
+            or client.pending_connect is not None
+            or client.quota is not None
+        )
+
+    async def _wait_if_needed(self, client: ClientConnection, received: int) -> bool:
+        """What a read may have to wait for before the next: the replies to drain (backpressure), a
+        CONNECT's authentication, the rate quota. False if the connection is to end."""
+        if client.conn.output_bytes > MAX_PENDING_OUTPUT_BYTES and not await self._wait_drained(client):
+            log.info("client %s: output stuck for %g s", client.conn.client_id, OUTPUT_STALL_TIMEOUT_S)
+            self.close(client)
+            return False
+        if client.pending_connect is not None or client.quota is not None:
+            await self.after_read(client, received)  # authentication, rate quota
+        return True
+
+    def _pollable(self, client: ClientConnection) -> bool:
+        return client.conn.state is ConnectionState.CONNECTED and not self._must_wait(client)
+
+    # --- the shared poller ------------------------------------------------------------------------
+
+    async def poll_forever(self) -> None:
+        """Read every established plain TCP connection (edgebus.server.poller), until `stop_polling`
+        and the last of them has closed."""
+        self._polling = True
+        try:
+            await self.poller.run()
+        finally:
+            self._polling = False
+
+    def stop_polling(self) -> None:
+        """Shutdown: no new connections for the poller, which ends once its last one is gone."""
+        self._polling = False
+        self.poller.finish()
+
+    def _unpoll(self, client: ClientConnection) -> None:
+        if client.polled_fd >= 0:
+            self.poller.remove(client.polled_fd)
+            client.polled_fd = -1
+
+    def _on_readable(self, client: ClientConnection) -> None:
+        """The poller saw ``client``'s socket readable: one read, handled as a reader task would."""
+        stream = client.stream
+        assert isinstance(stream, TcpStream)
+        try:
+            wanted = min(RECEIVE_BYTES, client.drain_budget) if client.closing else RECEIVE_BYTES
+            data = stream.recv_nowait(wanted)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if data is None:
+            return
+        if client.closing:  # read and discard, as `_drain` does
+            client.drain_budget -= len(data)
+            if not data or client.drain_budget <= 0:
+                self._unpoll(client)
+                self._close_step(client)
+            return
+        if not self._received(client, data):  # the client closed: nothing left to drain
+            self._unpoll(client)
+            self.close(client)
+            self._close_step(client)
+        elif not client.closing and self._must_wait(client):
+            self._unpoll(client)
+            if self._nursery is None:
                 self.close(client)
-                return
-            if client.pending_connect is not None or client.quota is not None:
-                await self.after_read(client, len(data))  # authentication, rate quota
+                self._close_step(client)
+            else:
+                self._nursery.start_soon(self._read, client, len(data))
 
     async def _wait_drained(self, client: ClientConnection) -> bool:
         """Backpressure: a client that sends without reading the replies gets no more reads until its
@@ -292,7 +393,7 @@ class Connections:
         if self._nursery is not None:
             self._nursery.start_soon(self._write_loop, client)
         else:
-            client.stream.force_close()
+            self._cut(client)
 
     async def _write_loop(self, client: ClientConnection) -> None:
         """A connection's own writer, while its socket is backed up or it is closing."""
@@ -330,8 +431,7 @@ class Connections:
                 await stream.close_write()
             self._close_step(client)
         else:
-            self.clients.pop(conn, None)
-            stream.force_close()  # wakes the reader if it still waits
+            self._cut(client)  # wakes the reader if it still waits
 
     # --- closing ---------------------------------------------------------------------------------
 
@@ -353,7 +453,8 @@ class Connections:
             client.drained.set()  # a reader waiting for output to drain ends now
         client.wake()
         # A peer that does not read must not hold the connection open: cut it after a grace time.
-        self.timers.schedule(trio.current_time() + CLOSE_FLUSH_TIMEOUT_S, client.stream.force_close)
+        deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT_S
+        self.timers.schedule(deadline, functools.partial(self._cut, client))
         try:
             self.on_lost(client)
         except Exception:
@@ -361,6 +462,7 @@ class Connections:
 
     def force_close_all(self) -> None:
         for client in list(self.clients.values()):
+            self._unpoll(client)
             client.stream.force_close()
         self.clients.clear()
 

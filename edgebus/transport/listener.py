@@ -97,8 +97,15 @@ class Listener:
             log.debug("%s: listener %s is full (%d connections)", stream.remote, self.config.address, limit)
             stream.force_close()
             return
+        # Counted until the socket closes, not until the handler returns: an established connection
+        # is read by the broker's poller after its task has ended.
         self.connections += 1
+        stream.on_close = self._closed_one
         try:
             await handler(self.wrap(stream))
-        finally:
-            self.connections -= 1
+        except BaseException:
+            stream.force_close()
+            raise
+
+    def _closed_one(self) -> None:
+        self.connections -= 1

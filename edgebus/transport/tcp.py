@@ -27,7 +27,7 @@ class TcpStream(trio.abc.Stream):
     memory per connection. This one waits with `wait_readable` / `wait_writable` directly.
     """
 
-    __slots__ = ("_closed", "_sock", "remote")
+    __slots__ = ("_closed", "_sock", "on_close", "remote")
 
     def __init__(self, sock: socket.socket, remote: str) -> None:
         sock.setblocking(False)
@@ -38,6 +38,9 @@ class TcpStream(trio.abc.Stream):
         self._sock = sock
         self._closed = False
         self.remote = remote
+        # Called once, when the socket is closed: a listener counts its open connections with it
+        # (a connection outlives the task that accepted it: edgebus.server.poller).
+        self.on_close: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -60,6 +63,21 @@ class TcpStream(trio.abc.Stream):
             # cannot starve the rest), shielded so that bytes already read are never lost.
             await trio.lowlevel.cancel_shielded_checkpoint()
             return data
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv_nowait(self, max_bytes: int) -> bytes | None:
+        """What the socket has now, without waiting: None if nothing, b"" at end of stream. For a reader
+        that learned from its own epoll that the socket is readable (edgebus.server.poller)."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        try:
+            return self._sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -107,6 +125,8 @@ class TcpStream(trio.abc.Stream):
         except RuntimeError:
             pass  # not inside trio (e.g. at interpreter exit)
         self._sock.close()
+        if self.on_close is not None:
+            self.on_close()
 
     def shutdown_write(self) -> None:
         """FIN after the bytes sent; reads go on (see ClientStream.close_write)."""
