@@ -31,7 +31,8 @@ class ReloadReport:
     @property
     def summary(self) -> str:
         """One log line."""
-        parts = [f"applied: {', '.join(self.changed) if self.changed else 'nothing changed'}"]
+        changed = ", ".join(self.changed) if self.changed else "no setting changed"
+        parts = [f"applied: {changed} (password, ACL and TLS files re-read)"]
         if self.needs_restart:
             parts.append("needs a restart: " + ", ".join(self.needs_restart))
         if self.errors:
