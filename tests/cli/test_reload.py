@@ -120,8 +120,8 @@ async def test_bridges_added_changed_removed_and_readded_under_traffic(
     gateway: Gateway, tmp_path: Path
 ) -> None:
     """The audit: every message acknowledged while the bridge was configured reaches the upstream exactly
-    once and in per-topic order (QoS 2 out, [MQTT-4.3.3-1]); none acknowledged while it was not; the
-    device's one connection is never dropped [MQTT-3.1.4-3 is about take-over; nothing here takes over]."""
+    once and in per-topic order (the bridge publishes at QoS 2, [MQTT-4.3.3-1]); none acknowledged while it
+    was not; the device's one connection is never dropped by a reload."""
     async with open_upstreams(tmp_path) as start_upstream:
         upstream = await start_upstream()
         cloud = MosquittoLog(upstream)
