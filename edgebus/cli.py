@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,6 +28,9 @@ from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
 from edgebus.systemd import Notifier
 from edgebus.transport.listener import listener_problems
+
+if TYPE_CHECKING:
+    from edgebus.server.broker import Broker
 
 log = logging.getLogger("edgebus")
 
@@ -109,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"{args.file}: OK")
         return 0
-    try:
+
+    def read_config() -> Config:
+        """The config file with the command line's overrides; the same on start and on every reload."""
         config = load_config(args.config) if args.config else Config()
         server = config.server
         if args.listen:
@@ -122,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = _startup_problems(config)
         if problems:
             raise ValueError("; ".join(problems))
+        return config
+
+    try:
+        config = read_config()
     except (ConfigError, ValueError) as exc:
         print(f"edgebus: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         with unwrap_single_error():  # the nursery wraps a failed bind in an exception group
-            trio.run(serve, config)
+            trio.run(serve, config, read_config)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -164,11 +174,13 @@ def _startup_problems(config: Config) -> list[str]:
     return problems
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, read_config: Callable[[], Config] | None = None) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully (v5 clients are sent
-    DISCONNECT 0x8B Server shutting down). SIGHUP re-reads the password and ACL files, keeping every
-    connection open. Under systemd (`Type=notify`) it reports READY=1 once every listener is bound,
-    pings the watchdog, and reports STOPPING=1 when asked to stop."""
+    DISCONNECT 0x8B Server shutting down). SIGHUP reloads: ``read_config()`` (the config file again) is
+    applied with `Broker.reload_config`, keeping every connection open; without ``read_config`` SIGHUP
+    re-reads the password and ACL files only. Under systemd (`Type=notify`) it reports READY=1 once every
+    listener is bound, RELOADING=1 then READY=1 around a reload, pings the watchdog, and reports
+    STOPPING=1 when asked to stop."""
     from edgebus.server.broker import Broker
 
     broker = Broker(config)
@@ -179,12 +191,14 @@ async def serve(config: Config) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        try:
-                            broker.reload_security()
-                        except (PasswordFileError, AclError) as exc:
-                            log.error("reload failed, keeping the previous rules: %s", exc)
+                        notifier.reloading("reloading the configuration (SIGHUP)")
+                        if read_config is None:
+                            _reload_security(broker)
                         else:
-                            log.info("received SIGHUP: password and ACL files reloaded")
+                            await _reload(broker, read_config)
+                        notifier.ready(
+                            "serving MQTT on " + ", ".join(f"{h}:{p}" for h, p in broker.addresses)
+                        )
                         continue
                     name = signal.Signals(signum).name
                     log.info("received %s, shutting down", name)
@@ -200,3 +214,37 @@ async def serve(config: Config) -> None:
             notifier.ready("serving MQTT on " + ", ".join(f"{host}:{port}" for host, port in addresses))
             nursery.start_soon(notifier.watchdog_forever)
     notifier.close()
+
+
+def _reload_security(broker: Broker) -> None:
+    try:
+        broker.reload_security()
+    except (PasswordFileError, AclError) as exc:
+        log.error("reload failed, keeping the previous rules: %s", exc)
+    else:
+        log.info("received SIGHUP: password and ACL files reloaded")
+
+
+async def _reload(broker: Broker, read_config: Callable[[], Config]) -> None:
+    """SIGHUP: the whole configuration file again. One that does not load is refused, its problems logged
+    with their file:line, and the running configuration stays."""
+    from edgebus.server.broker import ReloadRefused
+
+    try:
+        # A small file, read once per signal: not worth a thread.
+        config = read_config()
+    except ConfigError as exc:
+        log.error("reload refused, the configuration stays as it was:\n%s", exc)
+        return
+    except ValueError as exc:
+        log.error("reload refused, the configuration stays as it was: %s", exc)
+        return
+    try:
+        report = await broker.reload_config(config)
+    except ReloadRefused as exc:
+        log.error("reload refused, the configuration stays as it was: %s", exc)
+        return
+    logging.getLogger().setLevel(broker.config.server.log_level.upper())
+    log.info("received SIGHUP: configuration %s reloaded; %s", config.source or "(built-in)", report.summary)
+    if report.needs_restart:
+        log.warning("reload: needs a restart to take effect: %s", ", ".join(report.needs_restart))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import trio
@@ -53,6 +54,11 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.notify(READY="1", STATUS=status, MAINPID=str(os.getpid()))
+
+    def reloading(self, status: str) -> None:
+        """Before a reload; `ready` after it. MONOTONIC_USEC (CLOCK_MONOTONIC, µs) is what systemd >= 253
+        asks of `Type=notify-reload` services; older ones ignore it."""
+        self.notify(RELOADING="1", STATUS=status, MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
 
     def stopping(self, status: str) -> None:
         self.notify(STOPPING="1", STATUS=status)

@@ -40,6 +40,7 @@ class BridgeState:
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
+    REMOVED = "removed"  # no longer configured (a reload removed it)
 
 
 class Bridge:
@@ -94,6 +95,22 @@ class Bridge:
         self.outbox.restore(rows, cursor)
         if rows:
             log.info("bridge %s: %d messages waiting in the outbox", self.name, len(self.outbox.entries))
+
+    def adopt(self, outbox: Outbox, epoch: str) -> None:
+        """Take over the outbox of the bridge of this name that ran before (a reload changed or re-added it):
+        the same rows and sequence numbers, so no row is lost and no message id is issued twice; this
+        bridge's budget from now on. Queued rows keep the remote topic they were routed to."""
+        outbox.max_messages = self.config.max_messages
+        outbox.max_bytes = self.config.max_bytes
+        outbox.overflow = self.config.overflow
+        self.outbox = outbox
+        self.identity = BridgeIdentity(self.gateway_id, epoch)
+        if outbox.entries:
+            log.info("bridge %s: %d messages waiting in the outbox", self.name, len(outbox.entries))
+
+    def removed(self) -> None:
+        """Its runner has stopped for good: say so in $SYS."""
+        self._set_state(BridgeState.REMOVED)
 
     def offer(self, message: Message) -> int | None:
         """Queue ``message`` if an out rule matches it. Returns the store batch it was written in (0: no

@@ -364,13 +364,12 @@ class Connection:
 
     def _held_back(self, data: bytes, wait: int) -> bool:
         """Hold ``data`` back if it must wait for commit ``wait``, or behind a reply held already."""
-        held = self._held
-        if wait <= self.committed_seq and not held:
-            return False
-        if not held:
+        held = self._held  # None, or not empty (`release` drops it once empty)
+        if held is None:
+            if wait <= self.committed_seq:
+                return False
             self.on_hold(self)
-            if held is None:
-                held = self._held = deque()
+            held = self._held = deque()
         held.append((wait, data))
         size = len(data) + REPLY_OVERHEAD_BYTES
         self._held_bytes += size
@@ -382,8 +381,6 @@ class Connection:
         whether some still wait."""
         self.committed_seq = committed_seq
         held = self._held
-        if held is None:
-            return False
         released = False
         while held and held[0][0] <= committed_seq:
             data = held.popleft()[1]

@@ -53,15 +53,24 @@ class Admission:
         self.refused_connections = 0
         self.reload_security()
 
-    def reload_security(self) -> None:
-        """(Re)read the password and ACL files of [security]: at start and on SIGHUP. Open connections
-        stay; new CONNECTs, SUBSCRIBEs and PUBLISHes meet the new rules, and so does every delivery.
-        A file that cannot be used raises PasswordFileError / AclError and the old rules stay."""
-        sec = self.config.security
-        limits = self.config.limits
+    def reload_security(self, config: Config | None = None) -> None:
+        """(Re)read the password and ACL files of [security], and take [security] and [limits] from
+        ``config`` (None: the current one): at start and on a reload. Open connections stay; new CONNECTs,
+        SUBSCRIBEs and PUBLISHes meet the new rules, and so does every delivery. A file that cannot be
+        used raises PasswordFileError / AclError and nothing changes."""
+        config = config or self.config
+        sec = config.security
+        limits = config.limits
         passwords = read_password_file(sec.password_file) if sec.password_file else None
         acl = read_acl_file(sec.acl_file) if sec.acl_file else None
-        identities = any(listener.use_identity_as_username for listener in self.config.listener)
+        identities = any(listener.use_identity_as_username for listener in config.listener)
+        old = self.config.security
+        if (old.auth_failure_delay, old.auth_failure_delay_max) != (
+            sec.auth_failure_delay,
+            sec.auth_failure_delay_max,
+        ):
+            self._auth_failures = FailureTracker(sec.auth_failure_delay, sec.auth_failure_delay_max)
+        self.config = config
         if sec.allow_anonymous and passwords is None and acl is None and not identities:
             self.auth = None
         else:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import ssl
 from collections.abc import ValuesView
 
 import trio
 
 from edgebus import __version__
+from edgebus.auth import AclError, PasswordFileError
 from edgebus.bridge.runner import Bridge
 from edgebus.bridge.sinks import sink_class
-from edgebus.config import Config
+from edgebus.config import BridgeConfig, Config, MqttConfig
 from edgebus.core.connect import (
     ConnectRefused,
     ServerFeatures,
@@ -39,22 +41,32 @@ from edgebus.protocol.enums import ReasonCode
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Connect
 from edgebus.server.admission import Admission
+from edgebus.server.bridges import BridgeSet
 from edgebus.server.commits import Commits
 from edgebus.server.connection import ClientConnection, Connections
 from edgebus.server.fanout import Fanout
+from edgebus.server.listeners import ListenerSet
+from edgebus.server.reload import ReloadReport, changed_keys, running_config
 from edgebus.server.sessions import Sessions
 from edgebus.server.subscriptions import Subscriptions
 from edgebus.server.sys_topics import SysTopics
 from edgebus.server.timers import Timers
-from edgebus.store import OutboxRow, Store
-from edgebus.transport.listener import Listener
+from edgebus.store import Store
 from edgebus.transport.stream import ClientStream
-from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
 log = logging.getLogger("edgebus.server.broker")
 
 #: How long shutdown waits for connections to take their DISCONNECT before cutting them.
 SHUTDOWN_GRACE_S = 3.0
+
+
+class ReloadRefused(Exception):
+    """`Broker.reload_config` changed nothing: part of the new configuration cannot be used. ``problems``
+    says what, one line each (``str(error)`` joins them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class Broker:
@@ -64,21 +76,8 @@ class Broker:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config = config or Config()
         mqtt = config.mqtt
-        self.limits = ConnectionLimits(
-            max_packet_size=mqtt.max_packet_size,
-            receive_maximum=mqtt.receive_maximum,
-            max_inflight=mqtt.max_inflight,
-            topic_alias_maximum=mqtt.topic_alias_maximum,
-            max_qos=mqtt.max_qos,
-            retain_available=mqtt.retain_available,
-        )
-        self.features = ServerFeatures(
-            max_keep_alive=mqtt.max_keep_alive,
-            max_session_expiry_interval=mqtt.max_session_expiry_interval,
-            wildcard_subscriptions=mqtt.wildcard_subscriptions,
-            subscription_identifiers=mqtt.subscription_identifiers,
-            shared_subscriptions=mqtt.shared_subscriptions,
-        )
+        self.limits = _connection_limits(mqtt)
+        self.features = _server_features(mqtt)
         self.stats = stats = Stats()
         durability = config.storage.durability
         # No store at all with durability "memory": nothing is written, nothing survives a restart.
@@ -89,19 +88,10 @@ class Broker:
         self.timers = timers = Timers()
         self.admission = admission = Admission(config, self.sessions)
         # Upstream bridges: each gets every routed message (`Bridge.offer`) and runs in the root nursery.
-        gateway_id = config.server.gateway_id or socket.gethostname()
-        self.bridges = [
-            Bridge(
-                bridge,
-                gateway_id,
-                store,
-                self._publish_from_bridge,
-                self._wait_committed,
-                self._publish_state,
-                sink_class(bridge.kind),
-            )
-            for bridge in config.bridge
-        ]
+        self.bridge_set = BridgeSet(self._make_bridge, config.bridge, store)
+        self.bridges = (
+            self.bridge_set.active
+        )  # shared with fanout, commits and $SYS; a reload changes it in place
         router: Router[SubscriptionOptions] = Router()
         retained: RetainedIndex[Message] = RetainedIndex()
         self.fanout = fanout = Fanout(
@@ -127,7 +117,7 @@ class Broker:
             config, self.limits, self.features, fanout, connections, timers, journal, stats
         )
         self.subscriptions = Subscriptions(mqtt.max_qos, self.features, fanout, admission, journal)
-        self.sys_topics = SysTopics(fanout, self.bridges, store, stats)
+        self.sys_topics = SysTopics(fanout, self.bridges, store, stats, config.sys.interval)
         self.commits = (
             None
             if store is None
@@ -135,7 +125,8 @@ class Broker:
         )
         self._shutdown_requested = trio.Event()
         self._listen_scope = trio.CancelScope()
-        self._extra_listeners: list[Listener] = []
+        self.listener_set = ListenerSet()
+        self._reload_lock = trio.Lock()
 
     # --- what tests and operators look at ---------------------------------------------------------
 
@@ -156,11 +147,74 @@ class Broker:
     @property
     def listener_addresses(self) -> list[list[tuple[str, int]]]:
         """The bound addresses of each [[listener]], in configuration order."""
-        return [listener.addresses for listener in self._extra_listeners]
+        return self.listener_set.listener_addresses
 
     def reload_security(self) -> None:
-        """Reread the password and ACL files (SIGHUP); see `Admission.reload_security`."""
+        """Reread the password and ACL files; see `Admission.reload_security`."""
         self.admission.reload_security()
+
+    async def reload_config(self, new_config: Config) -> ReloadReport:
+        """Run on ``new_config`` from now on (SIGHUP, the HTTP API's reload): ``new_config`` is a loaded,
+        valid configuration (`edgebus.config.load_config`). Every open connection stays.
+
+        Applied: [security] (password and ACL files re-read), [limits], [mqtt] and [queue] (new connections
+        and new messages meet them), [storage] max_bytes, [sys] interval, listeners (server.listen and
+        [[listener]]: a removed one stops accepting, its connections stay; TLS files re-read) and bridges
+        (added, removed or changed, by name; outbox rows are never lost: a changed bridge keeps its outbox,
+        a removed one's is kept for a bridge of that name configured later). Not applied, listed in the
+        report's ``needs_restart``: server.data_dir, server.gateway_id, storage.durability. server.log_level
+        is the caller's (the process's logging). Raises ReloadRefused, with nothing changed, when a
+        password, ACL or TLS file cannot be used or a bridge cannot be built (a missing package)."""
+        async with self._reload_lock:
+            config, needs_restart = running_config(self.config, new_config)
+            report = ReloadReport(new_config.source, changed_keys(self.config, config), needs_restart)
+            # Everything that can fail, before anything changes.
+            try:
+                listener_plan = self.listener_set.plan(config)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ReloadRefused([f"listener: {exc}"]) from None
+            try:
+                bridge_plan = self.bridge_set.plan(config.bridge)
+            except RuntimeError as exc:
+                raise ReloadRefused([f"bridge: {exc}"]) from None
+            try:
+                self.admission.reload_security(config)
+            except (PasswordFileError, AclError) as exc:
+                raise ReloadRefused([str(exc)]) from None
+            self.config = config
+            self._apply_settings(config)
+            await self.bridge_set.apply(bridge_plan)
+            changes, errors = await self.listener_set.apply(listener_plan)
+            self.addresses = self.listener_set.addresses
+            report.changed += bridge_plan.changes + changes
+            report.errors += errors
+            return report
+
+    def _apply_settings(self, config: Config) -> None:
+        """[mqtt], [queue], [limits], [storage] max_bytes and [sys]: to the parts that hold them. Each open
+        connection keeps the limits its CONNACK announced; queues keep what they hold."""
+        self.limits = _connection_limits(config.mqtt)
+        self.features = _server_features(config.mqtt)
+        session_manager = self.session_manager
+        session_manager.config = config
+        session_manager.limits = self.limits
+        session_manager.features = self.features
+        self.subscriptions.max_qos = config.mqtt.max_qos
+        self.subscriptions.features = self.features
+        self.connections.connect_timeout = config.limits.connect_timeout
+        queue = config.queue
+        self.fanout.overflow = queue.overflow
+        for session in self.sessions.values():
+            outbox = session.outbox
+            outbox.max_messages, outbox.max_bytes, outbox.policy = (
+                queue.max_messages,
+                queue.max_bytes,
+                queue.overflow,
+            )
+        if self.commits is not None:
+            self.commits.budget = config.storage.max_bytes
+            self.commits.overflow = queue.overflow
+        self.sys_topics.set_interval(config.sys.interval)
 
     def sys_values(self) -> dict[str, str]:
         """The $SYS topics and their current values."""
@@ -171,28 +225,21 @@ class Broker:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners: list[socket.socket] = []
-        try:
-            for address in self.config.server.listen:
-                listeners.extend(open_listening_sockets(address.host, address.port))
-        except BaseException:
-            for listener in listeners:
-                listener.close()
-            raise
-        self.addresses = [_sockname(listener) for listener in listeners]
+        # TLS contexts are built here too, so a bad certificate stops the start.
+        self.listener_set.open(self.config)
         if self.store is not None:
             try:
                 state = await trio.to_thread.run_sync(self.store.load)
             except BaseException:
-                for listener in listeners:
-                    listener.close()
+                for accepting in self.listener_set.running.values():
+                    accepting.listener.close()
                 raise
             self.session_manager.restore(state)
-            self._restore_bridges(state.bridge_outboxes, state.bridge_cursors, state.epoch)
+            self.bridge_set.restore(state.bridge_outboxes, state.bridge_cursors, state.epoch)
         else:
             # Nothing survives a restart: every run is a new epoch.
-            self._restore_bridges({}, {}, secrets.token_hex(4))
-        self._open_extra_listeners(listeners)
+            self.bridge_set.restore({}, {}, secrets.token_hex(4))
+        self.addresses = self.listener_set.addresses
         log.info("edgebus %s listening on %s", __version__, ", ".join(f"{h}:{p}" for h, p in self.addresses))
         connections = self.connections
         try:
@@ -201,15 +248,13 @@ class Broker:
                 root.start_soon(connections.sweep_forever)
                 if self.store is not None and self.commits is not None:
                     root.start_soon(self.store.commit_forever, self.commits.on_commit)
-                if self.config.sys.interval > 0:
-                    root.start_soon(self.sys_topics.publish_forever, self.config.sys.interval)
-                for bridge in self.bridges:
-                    root.start_soon(bridge.run)
+                root.start_soon(self.sys_topics.publish_forever)
+                self.bridge_set.start_all(root)
                 root.start_soon(connections.flush_forever)
                 async with trio.open_nursery() as tasks:
                     connections.start_writers_in(tasks)  # the connections' tasks end with this nursery
                     tasks.start_soon(connections.poll_forever)
-                    tasks.start_soon(self._accept, listeners, tasks)
+                    tasks.start_soon(self._accept, tasks)
                     task_status.started(self.addresses)
                     await self._shutdown_requested.wait()
                     log.info("shutting down: closing %d connections", len(connections.clients))
@@ -234,47 +279,9 @@ class Broker:
         from `serve`."""
         self._shutdown_requested.set()
 
-    def _restore_bridges(
-        self, outboxes: dict[str, list[OutboxRow]], cursors: dict[str, int], epoch: str
-    ) -> None:
-        configured = {bridge.name for bridge in self.bridges}
-        for bridge in self.bridges:
-            bridge.restore(outboxes.get(bridge.name, []), cursors.get(bridge.name, 0), epoch)
-        for name, rows in outboxes.items():
-            if name not in configured:
-                log.warning(
-                    "store: the outbox of bridge %r holds %d messages but no such bridge is configured: "
-                    "kept until it is configured again",
-                    name,
-                    len(rows),
-                )
-
-    def _open_extra_listeners(self, listeners: list[socket.socket]) -> None:
-        """Bind the [[listener]] entries (TLS contexts are built here, so a bad certificate stops the
-        start); on failure close everything opened so far, `listeners` included."""
-        extra: list[Listener] = []
-        try:
-            for listener_config in self.config.listener:
-                listener = Listener(listener_config)
-                extra.append(listener)
-                listener.open()
-        except BaseException:
-            for listener in extra:
-                listener.close()
-            for sock in listeners:
-                sock.close()
-            raise
-        self._extra_listeners = extra
-        for listener in extra:
-            self.addresses.extend(listener.addresses)
-
-    async def _accept(self, listeners: list[socket.socket], nursery: trio.Nursery) -> None:
+    async def _accept(self, nursery: trio.Nursery) -> None:
         with self._listen_scope:
-            async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(serve_tcp, listener, self._serve_stream, nursery)
-                for extra in self._extra_listeners:
-                    accepting.start_soon(extra.serve, self._serve_stream, nursery)
+            await self.listener_set.serve(self._serve_stream, nursery)
 
     async def _serve_stream(self, stream: ClientStream) -> None:
         """The reader task of one connection."""
@@ -330,7 +337,7 @@ class Broker:
         if admission.auth is not None and not client.admitted and not admission.admit(client, connect):
             return  # the reader finishes the admission (`_after_read`)
         decision = decide_connect(connect, self.features, _new_client_id)
-        decision = within_client_maximum(connect, decision, self.limits, self.features)
+        decision = within_client_maximum(connect, decision, client.conn.limits, self.features)
         if isinstance(decision, ConnectRefused):
             if decision.connack is not None:
                 client.conn.reject(decision.connack)
@@ -371,6 +378,18 @@ class Broker:
 
     # --- bridges -----------------------------------------------------------------------------------
 
+    def _make_bridge(self, config: BridgeConfig) -> Bridge:
+        gateway_id = self.config.server.gateway_id or socket.gethostname()
+        return Bridge(
+            config,
+            gateway_id,
+            self.store,
+            self._publish_from_bridge,
+            self._wait_committed,
+            self._publish_state,
+            sink_class(config.kind),
+        )
+
     def _publish_from_bridge(self, message: Message) -> int:
         """Route a message an in rule brought; returns the store batch to wait for (0: none)."""
         return self.fanout.publish(message, None)[1]
@@ -387,6 +406,22 @@ def _new_client_id() -> str:
     return "edgebus-" + secrets.token_hex(8)
 
 
-def _sockname(listener: socket.socket) -> tuple[str, int]:
-    name = listener.getsockname()
-    return (str(name[0]), int(name[1]))
+def _connection_limits(mqtt: MqttConfig) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_packet_size=mqtt.max_packet_size,
+        receive_maximum=mqtt.receive_maximum,
+        max_inflight=mqtt.max_inflight,
+        topic_alias_maximum=mqtt.topic_alias_maximum,
+        max_qos=mqtt.max_qos,
+        retain_available=mqtt.retain_available,
+    )
+
+
+def _server_features(mqtt: MqttConfig) -> ServerFeatures:
+    return ServerFeatures(
+        max_keep_alive=mqtt.max_keep_alive,
+        max_session_expiry_interval=mqtt.max_session_expiry_interval,
+        wildcard_subscriptions=mqtt.wildcard_subscriptions,
+        subscription_identifiers=mqtt.subscription_identifiers,
+        shared_subscriptions=mqtt.shared_subscriptions,
+    )

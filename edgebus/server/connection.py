@@ -469,10 +469,10 @@ class Connections:
     async def sweep_forever(self) -> None:
         """Close connections that sent nothing for 1.5 x Keep Alive [MQTT-3.1.2-24] (0x8D on v5),
         or no CONNECT within [limits] connect_timeout. One pass over all connections, twice a second."""
-        connect_timeout = self.connect_timeout
         while True:
             await trio.sleep(KEEP_ALIVE_SWEEP_S)
             now = trio.current_time()
+            connect_timeout = self.connect_timeout  # a reload may change it
             for client in list(self.clients.values()):
                 conn = client.conn
                 if client.closing:

@@ -101,7 +101,7 @@ class Sessions:
         conn.keep_alive = decision.keep_alive
         # 3.1 has no Session Present flag: its CONNACK byte 1 is reserved and sent as 0 (§3.2 of 3.1).
         present_flag = session_present and connect.protocol_level & ~BRIDGE_BIT != MQTT_3_1
-        conn.accept(session, decision.connack(present_flag, level, self.limits, self.features), connect)
+        conn.accept(session, decision.connack(present_flag, level, conn.limits, self.features), connect)
         client.will = connect.will
         self.stats.clients_total += 1
         log.debug("client %s connected (v%d, session present %s)", client_id, level, session_present)

@@ -18,8 +18,12 @@ log = logging.getLogger("edgebus.server.sys_topics")
 
 
 class SysTopics:
-    def __init__(self, fanout: Fanout, bridges: list[Bridge], store: Store | None, stats: Stats) -> None:
+    def __init__(
+        self, fanout: Fanout, bridges: list[Bridge], store: Store | None, stats: Stats, interval: float
+    ) -> None:
         self.fanout = fanout
+        self.interval = interval  # seconds between publications; 0: none
+        self._interval_changed = trio.Event()
         self.bridges = bridges
         self.store = store
         self.stats = stats
@@ -59,10 +63,22 @@ class SysTopics:
         for topic, value in self.values().items():
             self.fanout.publish(Message(topic, value.encode(), 0, True), None)
 
-    async def publish_forever(self, interval: float) -> None:
+    def set_interval(self, interval: float) -> None:
+        """A reload changed [sys] interval: takes effect now (the current wait ends)."""
+        if interval != self.interval:
+            self.interval = interval
+            self._interval_changed.set()
+            self._interval_changed = trio.Event()
+
+    async def publish_forever(self) -> None:
         while True:
+            changed = self._interval_changed
+            if self.interval <= 0:
+                await changed.wait()
+                continue
             try:
                 self.publish()
             except Exception:
                 log.exception("publishing $SYS failed")
-            await trio.sleep(interval)
+            with trio.move_on_after(self.interval):
+                await changed.wait()
