@@ -47,11 +47,12 @@ from bench.run import (
 )
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "bridge.json"
-TARGETS = ("mosquitto-bridge", "mqtt", "jetstream")  # the reference first
+TARGETS = ("mosquitto-bridge", "mqtt", "jetstream", "redis")  # the reference first
 TARGET_LABELS = {
     "mosquitto-bridge": "mosquitto-bridge->mosquitto",
     "mqtt": "edgebus->mosquitto",
     "jetstream": "edgebus->jetstream",
+    "redis": "edgebus->redis-stream",
 }
 REFERENCE = "mosquitto-bridge"
 RATE_TARGET_PER_S = 5000.0  # issue 6: catch-up >= 5,000 msg/s on this machine (both edgebus targets)
@@ -59,6 +60,7 @@ GATEWAY_ID = "gw-bench"
 MQTT_PREFIX = f"gw/{GATEWAY_ID}/"  # upstream topic = MQTT_PREFIX + device topic
 NATS_PREFIX = f"gw.{GATEWAY_ID}."  # upstream subject = NATS_PREFIX + device topic with "/" -> "."
 STREAM = "LOG"
+REDIS_STREAM = f"edgebus:{GATEWAY_ID}"  # the redis-stream bridge's default stream
 TOPICS = ("sensors/s0", "sensors/s1", "sensors/s2", "sensors/s3")  # one device connection each
 PAYLOAD_SIZE = 64
 NUMBER_DIGITS = 8  # the payload starts with the message's number on its topic, zero-padded
@@ -267,11 +269,14 @@ def gateway_mosquitto_config(port: int, upstream_port: int, settings: Settings) 
     ])
 
 
+EDGEBUS_KINDS = {"mqtt": "mqtt", "jetstream": "nats-jetstream", "redis": "redis-stream"}
+
+
 def edgebus_config(port: int, data_dir: Path, target: str, upstream_port: int, settings: Settings) -> str:
     bridge = [
         "[[bridge]]",
         'name = "cloud"',
-        f'kind = "{"nats-jetstream" if target == "jetstream" else "mqtt"}"',
+        f'kind = "{EDGEBUS_KINDS[target]}"',
         f'addresses = ["{HOST}:{upstream_port}"]',
         f"backoff_initial = {settings.backoff_initial_s}",
         f"backoff_max = {settings.backoff_max_s}",
@@ -280,6 +285,8 @@ def edgebus_config(port: int, data_dir: Path, target: str, upstream_port: int, s
     if target == "jetstream":
         bridge += [f'stream = "{STREAM}"',
                    f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{NATS_PREFIX}" }}]']
+    elif target == "redis":
+        bridge.append(f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{MQTT_PREFIX}" }}]')
     else:
         bridge.append(
             f'topics = [{{ pattern = "sensors/#", qos = {settings.qos}, remote_prefix = "{MQTT_PREFIX}" }}]')
@@ -693,9 +700,73 @@ def timing(settings: Settings, t0: float, times: list[float], publish_s: float,
     }
 
 
+def redis_server_command(port: int, directory: Path) -> list[str]:
+    """redis-server as the tests run it: AOF fsynced before every reply (appendfsync always), no snapshots."""
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return [executable, "--port", str(port), "--bind", HOST, "--dir", str(directory), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no"]
+
+
+async def run_redis(context: RunContext, target: str) -> dict[str, Any]:
+    """redis: the log is the gateway's stream; its length (XLEN) is polled."""
+    import redis.asyncio  # the "redis" extra: only this target needs it
+
+    settings = context.settings
+    upstream_port = free_port()
+    store = context.directory / "redis"
+    store.mkdir()
+    upstream = context.child("upstream", redis_server_command(upstream_port, store), context.upstream_core)
+    gateway, gateway_port = gateway_child(context, target, upstream_port)
+    client = redis.asyncio.Redis(host=HOST, port=upstream_port, single_connection_client=True)
+    try:
+        gateway.start()
+        await wait_listening(gateway, gateway_port)
+        publish_s = await publish_outage(gateway_port, settings)
+
+        upstream.start()
+        meter = CpuMeter(gateway, upstream)
+        t0 = await wait_listening(upstream, upstream_port)
+        count = 0
+        first: float | None = None
+        last_change = time.monotonic()
+        while count < settings.messages:
+            try:
+                new_count = int(await client.xlen(REDIS_STREAM))
+            except redis.exceptions.BusyLoadingError:
+                new_count = 0
+            now = time.monotonic()
+            if new_count != count:
+                last_change = now
+                if first is None and new_count:
+                    first = now
+            elif now - last_change > STALL_TIMEOUT_S:
+                break
+            count = new_count
+            if count < settings.messages:
+                await asyncio.sleep(NATS_POLL_S)
+        done = time.monotonic()
+        cpu = meter.finish(done - t0, settings.messages)
+        await asyncio.sleep(SETTLE_S)
+        log: list[tuple[str, int]] = []
+        for _, fields in await client.xrange(REDIS_STREAM, "-", "+"):
+            log.append((fields[b"topic"].decode().removeprefix(MQTT_PREFIX), number_of(fields[b"payload"])))
+        if not gateway.running:
+            raise RunError(f"gateway exited during the run: {gateway.log_tail()}")
+        times = [] if first is None else [first, done] if count >= settings.messages else [first]
+        result = timing(settings, t0, times, publish_s, complete=count >= settings.messages)
+        return result | cpu | audit(log, expected_counts(settings.messages))
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        gateway.stop()
+        upstream.stop(signal.SIGKILL)
+
+
 async def run_target(context: RunContext, target: str) -> dict[str, Any]:
     if target == "jetstream":
         return await run_jetstream(context, target)
+    if target == "redis":
+        return await run_redis(context, target)
     return await run_mosquitto_upstream(context, target)
 
 
@@ -837,7 +908,8 @@ def print_notes(results: dict[str, dict[str, Any]], settings: Settings) -> None:
     print("NOTE: edgebus acknowledges a device's QoS 1 PUBLISH after its fsynced commit (the outbox is on "
           "disk); Mosquitto acknowledges at once, with nothing on disk (persistence false; true would only "
           "save on exit or autosave). The cloud Mosquitto holds the log in memory; JetStream writes its file "
-          "store before acknowledging (fsync every 2 min, its default sync_interval).")
+          "store before acknowledging (fsync every 2 min, its default sync_interval); Redis fsyncs its AOF "
+          "before every reply (appendfsync always).")
     print(f"NOTE: reconnect delay: edgebus backoff {settings.backoff_initial_s}-{settings.backoff_max_s} s; "
           f"Mosquitto's bridge restart_timeout {settings.mosquitto_restart_timeout_s} "
           f"{settings.mosquitto_restart_timeout_s} (its minimum; it retries every ~2 s), so its catch-up "

@@ -749,3 +749,15 @@ def test_jetstream_bridge_needs_a_stream_and_names_are_unique() -> None:
     twice = BRIDGE + 'topics = [{ pattern = "#" }]\n'
     error = parse_error(twice + twice)
     assert "bridge name 'cloud' is used twice" in str(error)
+
+
+def test_redis_stream_bridge_takes_out_rules_and_an_optional_stream() -> None:
+    config = parse_config(BRIDGE + 'kind = "redis-stream"\ntopics = [{ pattern = "sensors/#", qos = 1 }]\n')
+    assert config.bridge[0].kind == "redis-stream" and config.bridge[0].stream == ""
+    named = parse_config(BRIDGE + 'kind = "redis-stream"\nstream = "plant:7"\ntopics = [{ pattern = "#" }]\n')
+    assert named.bridge[0].stream == "plant:7"
+    inbound = 'topics = [{ pattern = "cmd/#", direction = "in" }]\n'
+    error = parse_error(BRIDGE + 'kind = "redis-stream"\n' + inbound)
+    assert "bridge[0].topics: a redis-stream bridge forwards out rules only (no in rules yet)" in str(error)
+    error = parse_error(BRIDGE + 'kind = "redis"\ntopics = [{ pattern = "#" }]\n')
+    assert str(error).startswith("test.toml:4: bridge[0].kind: must be one of")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgebus.bridge.mqtt import MqttSink
 from edgebus.bridge.sink import SinkFactory
-from edgebus.bridge.transform import require_nats
+from edgebus.bridge.transform import require_nats, require_redis
 
 
 def sink_class(kind: str) -> SinkFactory:
@@ -19,4 +19,9 @@ def sink_class(kind: str) -> SinkFactory:
         from edgebus.bridge.jetstream import JetStreamSink
 
         return JetStreamSink
+    if kind == "redis-stream":
+        require_redis()
+        from edgebus.bridge.redis_stream import RedisStreamSink  # redis-py is the "redis" extra
+
+        return RedisStreamSink
     raise ValueError(f"unknown bridge kind {kind!r}")

@@ -58,3 +58,11 @@ def require_nats() -> None:
         import nats  # noqa: F401
     except ImportError:
         raise RuntimeError('a nats-jetstream bridge needs nats-py: pip install "edgebus[bridge]"') from None
+
+
+def require_redis() -> None:
+    """A redis-stream bridge needs redis-py: say so at start."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise RuntimeError('a redis-stream bridge needs redis-py: pip install "edgebus[redis]"') from None

@@ -21,7 +21,7 @@ from edgebus.config.schema import (
 )
 from edgebus.core.topics import is_valid_topic_filter
 
-BridgeKind = Literal["mqtt", "nats-jetstream"]
+BridgeKind = Literal["mqtt", "nats-jetstream", "redis-stream"]
 BridgeDirection = Literal["out", "in", "both"]
 BridgeTransform = Literal["none", "cbor-json"]
 BridgeOverflow = Literal["refuse", "drop-oldest"]
@@ -89,7 +89,7 @@ class TopicRules(Check):
 
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
-    """[[bridge]]: store-and-forward to an upstream MQTT broker or a NATS JetStream stream."""
+    """[[bridge]]: store-and-forward to an upstream MQTT broker, a NATS JetStream stream or a Redis stream."""
 
     name: str = setting(
         "", Text(allow_empty=True), "the bridge's name, unique ($SYS/broker/bridge/<name>/...)"
@@ -140,7 +140,11 @@ class BridgeConfig:
         Text(allow_empty=True),
         "retained checkpoint topic (mqtt); '' = edgebus/bridge/<client_id>/checkpoint",
     )
-    stream: str = setting("", Text(allow_empty=True), "the JetStream stream the subjects belong to")
+    stream: str = setting(
+        "",
+        Text(allow_empty=True),
+        "the JetStream stream the subjects belong to; the Redis stream key ('' = edgebus:<gateway_id>)",
+    )
     topics: tuple[BridgeTopic, ...] = setting((), TopicRules(), "topic rules: what goes out, what comes in")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -156,6 +160,8 @@ class BridgeConfig:
             found.append(("topics", "a bridge needs at least one topic rule"))
         if self.kind == "nats-jetstream" and not self.stream:
             found.append(("stream", "a nats-jetstream bridge needs the stream name"))
+        if self.kind == "redis-stream" and any(rule.inbound for rule in self.topics):
+            found.append(("topics", "a redis-stream bridge forwards out rules only (no in rules yet)"))
         if self.backoff_max < self.backoff_initial:
             found.append(("backoff_max", "must not be below backoff_initial"))
         for rule in self.topics:

@@ -396,6 +396,9 @@ class Backend:
                 seen[_filter(profile.will.topic)] = None
                 if device.client.options.will is not None:
                     self.will_devices[device.client.options.will.topic] = device
+        if self.engine.fleet.log is not None:
+            # Device messages are read from the cloud log; on the broker, only the wills.
+            seen = {_filter(device.profile.will.topic): None for device in devices if device.profile.will}
         self.filters = list(seen)
         ledger = self.engine.ledger
         now = trio.current_time()
@@ -508,7 +511,17 @@ class Backend:
             else:
                 ledger.unexpected += 1
             return
-        values = decode_payload(publish.payload)
+        self._record_delivery(publish.topic, publish.payload)
+
+    def on_log_message(self, topic: str, payload: bytes) -> None:
+        """An entry of the cloud log ([log]): a device message as the bridge forwarded it."""
+        if topic in self.will_devices or topic in self._intervals:
+            return  # wills are checked on the broker; commands (ours) go down, not up
+        self._record_delivery(topic, payload)
+
+    def _record_delivery(self, topic: str, payload: bytes) -> None:
+        ledger = self.engine.ledger
+        values = decode_payload(payload)
         if values is None:
             ledger.unexpected += 1
             return
@@ -522,7 +535,7 @@ class Backend:
         except (KeyError, TypeError, ValueError):
             ledger.unexpected += 1
             return
-        ledger.record_delivered(sender, publish.topic, seq, sent_ts, time.time())
+        ledger.record_delivered(sender, topic, seq, sent_ts, time.time())
 
 
 def _filter(template: str) -> str:

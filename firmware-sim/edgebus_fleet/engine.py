@@ -30,6 +30,7 @@ from edgebus_fleet.audit import (
     acceptable_retained,
     summarize_wills,
 )
+from edgebus_fleet.cloud_log import LogReader, open_reader
 from edgebus_fleet.profiles import Fleet
 from edgebus_fleet.proxy import ChaosProxy
 
@@ -203,6 +204,7 @@ class Engine:
             "flaps": 0,
             "broker_restarts": 0,
             "bursts": 0,
+            "uplink_flaps": 0,
             "dropped_by_proxy": 0,
             "duplicated_by_proxy": 0,
         }
@@ -214,6 +216,7 @@ class Engine:
         self.devices: list[Device] = []
         self.proxy: ChaosProxy | None = None
         self.fault_proxy: ChaosProxy | None = None
+        self.uplink_proxy: ChaosProxy | None = None  # between the gateway and the cloud log ([log])
         self.broker_process: BrokerProcess | None = None
         self.device_target = (host, port)
         self.backend_target = (host, port)
@@ -262,6 +265,10 @@ class Engine:
                         self.fault_proxy.drop_will_publishes = chaos.drop_wills
                         fault_port = await services.start(self.fault_proxy.serve)
                         self.backend_target = ("127.0.0.1", fault_port)
+                    log = fleet.log
+                    if log is not None and log.uplink_proxy_port:
+                        self.uplink_proxy = ChaosProxy(log.host, log.port, log.uplink_proxy_port)
+                        await services.start(self.uplink_proxy.serve)
                     await self._run_fleet(connections)
                     connections.cancel_scope.cancel()
             finally:
@@ -311,11 +318,40 @@ class Engine:
             await backend.connect()
         except ConnectError as exc:
             raise BrokerUnreachable(str(exc)) from None
+        reader = None
+        if fleet.log is not None:
+            reader = open_reader(fleet.log)
+            try:
+                await reader.start()
+            except Exception as exc:
+                await reader.close()
+                where = f"{fleet.log.kind} at {fleet.log.host}:{fleet.log.port}"
+                raise BrokerUnreachable(f"cloud log {where}: {exc}") from None
         self.started_at = trio.current_time()
         self.publishing = True
         self.phase = "running"
+        try:
+            await self._run_actors(backend, reader)
+        finally:
+            if reader is not None:
+                with trio.CancelScope(shield=True):
+                    await reader.close()
+        self.phase = "checking retained"
+        await self._check_retained()
+        self._sample()
+
+    async def _run_actors(self, backend: Backend, reader: LogReader | None) -> None:
+        fleet = self.fleet
+        reading = trio.CancelScope()  # the log reader reads forever: cancelled once the run has drained
+
+        async def read_log(reader: LogReader) -> None:
+            with reading:
+                await reader.run(backend.on_log_message)
+
         async with trio.open_nursery() as actors:
             actors.start_soon(backend.run)
+            if reader is not None:
+                actors.start_soon(read_log, reader)
             count = len(self.devices)
             for n, device in enumerate(self.devices):
                 actors.start_soon(device.run, self.started_at + fleet.ramp_up * n / max(1, count))
@@ -326,8 +362,9 @@ class Engine:
                 # Stop publishing; wake every sleeping device to collect its queued commands; drain.
                 self.publishing = False
                 self.phase = "draining"
-                if self.proxy is not None:
-                    self.proxy.down_until = 0.0
+                for proxy in (self.proxy, self.uplink_proxy):
+                    if proxy is not None:
+                        proxy.down_until = 0.0
                 self.final_wake.set()
                 self.state_changed()
                 await self._drain(backend)
@@ -335,9 +372,7 @@ class Engine:
                 self.stopped.set()
                 self.state_changed()
                 helpers.cancel_scope.cancel()
-        self.phase = "checking retained"
-        await self._check_retained()
-        self._sample()
+                reading.cancel()
 
     async def _check_retained(self) -> None:
         """Read every retained state topic as a new subscriber would, now that every device is gone, and
@@ -468,6 +503,7 @@ class Engine:
         schedule("flap", interval=chaos.flap_interval)
         schedule("restart", interval=chaos.broker_restart_interval)
         schedule("burst", interval=chaos.burst_interval)
+        schedule("uplink_flap", interval=chaos.uplink_flap_interval)
         while self.publishing and next_at:
             kind, when = min(next_at.items(), key=lambda item: item[1])
             await trio.sleep_until(when)
@@ -500,6 +536,11 @@ class Engine:
                     await self.broker_process.restart()
                     self.events["broker_restarts"] += 1
                 schedule(kind, interval=chaos.broker_restart_interval)
+            elif kind == "uplink_flap":
+                if self.uplink_proxy is not None:
+                    self.uplink_proxy.flap(chaos.uplink_flap_duration)
+                    self.events["uplink_flaps"] += 1
+                schedule(kind, interval=chaos.uplink_flap_interval)
             elif kind == "burst":
                 chosen = [d for d in online if rng.random() < chaos.burst_fraction]
                 for device in chosen:

@@ -30,6 +30,8 @@ from edgebus.config import (
     dotted,
     show,
 )
+from edgebus.config.addresses import OneListenAddress
+from edgebus_fleet.cloud_log import READERS, LogSettings
 
 MAX_FOUR_BYTE_INTEGER: Final = 4_294_967_295
 PROTOCOLS: Final = {"3.1": 3, "3.1.1": 4, "5": 5}
@@ -169,6 +171,8 @@ class ChaosSettings:
     duplicate_deliveries: int = 0
     drop_wills: int = 0  # the fault proxy swallows this many QoS 0/1 wills on their way to the backend
     overwrite_retained: int = 0  # after the run, this many retained state topics get a foreign value
+    uplink_flap_interval: float = 0.0  # [log] uplink_proxy: cut the gateway's uplink every this many s
+    uplink_flap_duration: float = 1.0
 
     @property
     def needs_proxy(self) -> bool:
@@ -187,6 +191,7 @@ class ChaosSettings:
                 self.duplicate_deliveries,
                 self.drop_wills,
                 self.overwrite_retained,
+                self.uplink_flap_interval,
             )
         )
 
@@ -217,6 +222,7 @@ class Fleet:
     backend: BackendSettings = field(default_factory=BackendSettings)
     chaos: ChaosSettings = field(default_factory=ChaosSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    log: LogSettings | None = None  # [log]: the backend audits the cloud log instead of the broker
 
     @property
     def device_count(self) -> int:
@@ -396,7 +402,19 @@ FLEET_SCHEMA = Table(
                 "duplicate_deliveries": IntRange(0, 1_000_000),
                 "drop_wills": IntRange(0, 1_000_000),
                 "overwrite_retained": IntRange(0, 1_000_000),
+                "uplink_flap_interval": NumberRange(0.0, 86_400.0),
+                "uplink_flap_duration": NumberRange(0.0, 600.0),
             }
+        ),
+        "log": Table(
+            {
+                "kind": OneOf(tuple(READERS)),
+                "address": OneListenAddress(),
+                "stream": Text(),
+                "remote_prefix": Text(allow_empty=True),
+                "uplink_proxy": OneListenAddress(),
+            },
+            required=frozenset({"kind", "address", "stream"}),
         ),
         "audit": Table({"qos0_max_loss": FRACTION, "max_p99_latency": NumberRange(0.0, 3600.0)}),
     },
@@ -687,6 +705,25 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
         v.report(
             ("chaos", "flap_duration"), f"must be shorter than flap_interval ({chaos.flap_interval:g} s)"
         )
+    if chaos.uplink_flap_interval and chaos.uplink_flap_duration >= chaos.uplink_flap_interval:
+        v.report(
+            ("chaos", "uplink_flap_duration"),
+            f"must be shorter than uplink_flap_interval ({chaos.uplink_flap_interval:g} s)",
+        )
+    log_raw = doc.get("log")
+    log_settings = None
+    if log_raw is not None:
+        proxy = log_raw.get("uplink_proxy")
+        log_settings = LogSettings(
+            kind=log_raw["kind"],
+            host=log_raw["address"].host,
+            port=log_raw["address"].port,
+            stream=log_raw["stream"],
+            remote_prefix=log_raw.get("remote_prefix", ""),
+            uplink_proxy_port=proxy.port if proxy is not None else 0,
+        )
+    if chaos.uplink_flap_interval and (log_settings is None or not log_settings.uplink_proxy_port):
+        v.report(("chaos", "uplink_flap_interval"), "needs [log] uplink_proxy (the proxy it cuts)")
     v.problems.extend(errors)
     v.raise_if_problems()
     return Fleet(
@@ -705,4 +742,5 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
         ),
         chaos=chaos,
         audit=AuditSettings(**doc.get("audit", {})),
+        log=log_settings,
     )

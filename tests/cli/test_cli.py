@@ -146,3 +146,23 @@ def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_config_names_the_redis_extra_when_redis_py_is_missing(tmp_path: Path) -> None:
+    # redis-py is hidden from a real interpreter: a None entry in sys.modules fails its import as a missing
+    # package does.
+    config = tmp_path / "redis.toml"
+    config.write_text(
+        '[[bridge]]\nname = "cloud"\nkind = "redis-stream"\naddresses = ["127.0.0.1:6379"]\n'
+        'topics = [{ pattern = "sensors/#" }]\n'
+    )
+    program = (
+        "import sys; sys.modules['redis'] = None; "
+        f"from edgebus.cli import main; sys.exit(main(['check-config', {str(config)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=edgebus_env(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert 'bridge cloud: a redis-stream bridge needs redis-py: pip install "edgebus[redis]"' in result.stderr
