@@ -58,3 +58,13 @@ def require_nats() -> None:
         import nats  # noqa: F401
     except ImportError:
         raise RuntimeError('a nats-jetstream bridge needs nats-py: pip install "edgebus[bridge]"') from None
+
+
+def require_rstream() -> None:
+    """A rabbitmq-stream bridge needs rstream: say so at start."""
+    try:
+        import rstream  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            'a rabbitmq-stream bridge needs rstream: pip install "edgebus[rabbitmq]"'
+        ) from None
