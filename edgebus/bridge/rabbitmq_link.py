@@ -17,8 +17,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from rstream import schema
-from rstream.client import Addr, Client, ClientPool
-from rstream.constants import MAX_ITEM_ALLOWED
+from rstream.client import Client
 from rstream.exceptions import ServerError
 from rstream.utils import OnClosedErrorInfo
 
@@ -116,38 +115,43 @@ class StreamLink:
         bridge = self._bridge
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._dead_event = asyncio.Event()
-        pool = ClientPool(
+        client = Client(
             host,
             port,
             ssl_context=self._tls_context(),
-            vhost="/",
-            username=bridge.username or DEFAULT_USER,
-            password=bridge.password if bridge.username else DEFAULT_USER,
             frame_max=FRAME_MAX,
             heartbeat=max(1, round(bridge.keep_alive)),
-            load_balancer_mode=False,
-            max_retries=1,
+            connection_name=self._client_id,
+            connection_closed_handler=self._on_closed,
         )
+        # rstream reports a lost connection only for one that has streams; told before it starts, it does so
+        # during the handshake too (a connection reset there fails its requests only after 10 s otherwise).
+        client.add_stream(stream)
+        client.add_handler(schema.PublishConfirm, self._on_confirm, name="edgebus")
+        client.add_handler(schema.PublishError, self._on_publish_error, name="edgebus")
+        self.client = client
         async with asyncio.timeout(bridge.connect_timeout):
             try:
-                self.client = await pool.new(
-                    connection_name=self._client_id,
-                    addr=Addr(host, port),
-                    connection_closed_handler=self._on_closed,
-                    max_clients_by_connections=MAX_ITEM_ALLOWED,
+                await client.start()
+                await self._guarded(
+                    client.authenticate(
+                        "/",
+                        bridge.username or DEFAULT_USER,
+                        bridge.password if bridge.username else DEFAULT_USER,
+                    ),
+                    "connecting",
                 )
             except (OSError, ConnectionError) as error:
                 raise SinkError(f"unreachable: {describe(error)}") from None
             except ServerError as error:
                 raise SinkError(f"refused: {describe(error)}") from None
-            client = self.client
-            client.add_stream(stream)  # rstream reports a lost connection only for one that has streams
-            client.add_handler(schema.PublishConfirm, self._on_confirm, name="edgebus")
-            client.add_handler(schema.PublishError, self._on_publish_error, name="edgebus")
-            if not await client.stream_exists(stream):
+            if not await self._guarded(client.stream_exists(stream), "checking the stream"):
                 raise SinkError(f"RabbitMQ stream {stream!r} does not exist")
             try:
-                await client.declare_publisher(stream, self.producer_name, PUBLISHER_ID)
+                await self._guarded(
+                    client.declare_publisher(stream, self.producer_name, PUBLISHER_ID),
+                    "declaring the publisher",
+                )
             except ServerError as error:
                 # Not the stream's leader node, no write permission ...
                 raise SinkError(f"declaring publisher {self.producer_name!r}: {describe(error)}") from None

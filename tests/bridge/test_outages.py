@@ -23,6 +23,7 @@ from edgebus_fleet.proxy import ChaosProxy
 from edgebus.bridge.runner import Bridge
 from tests.bridge.audit import DeviceLoad, audit, wait_for_log
 from tests.bridge.outage_logs import CYCLES, GATEWAY, OUTAGE_S, Log, jetstream_log, mosquitto_log
+from tests.bridge.rabbitmq_log import rabbitmq_log
 from tests.clients import PEER
 from tests.conftest import StartBroker
 from tests.processes import free_port, start_edgebus_process
@@ -37,6 +38,7 @@ LOG_TIMEOUT_S = 40.0
 LOGS: dict[str, Callable[[Path], AbstractAsyncContextManager[Log]]] = {
     "jetstream": jetstream_log,
     "mosquitto": mosquitto_log,
+    "rabbitmq-stream": rabbitmq_log,
 }
 ENGINES = list(LOGS)
 
