@@ -60,11 +60,12 @@ async def _run_load(address: tuple[str, int], chaos: Callable[[], Awaitable[None
 
 async def _check(log: Log, load: DeviceLoad) -> None:
     found = await wait_for_log(log.read, load, LOG_TIMEOUT_S, log.count)
-    verdict = audit(load, found)
+    verdict = audit(load, found, log.exactly_once)
     print(
         f"\naudit: {load.acked_count} acknowledged, {verdict.total} in the log, lost {len(verdict.lost)}, "
-        f"duplicated {len(verdict.duplicated)}, reordered {len(verdict.reordered)}, "
-        f"unacknowledged but logged {verdict.total - load.acked_count}"
+        f"duplicated {len(verdict.duplicated)} ({verdict.copies} extra copies), "
+        f"reordered {len(verdict.reordered)}, "
+        f"unacknowledged but logged {verdict.total - verdict.copies - load.acked_count}"
     )
     assert verdict.ok, verdict
     assert load.acked_count >= 300, "too little load to mean anything"
