@@ -47,12 +47,13 @@ from bench.run import (
 )
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "bridge.json"
-TARGETS = ("mosquitto-bridge", "mqtt", "jetstream", "redis")  # the reference first
+TARGETS = ("mosquitto-bridge", "mqtt", "jetstream", "redis", "rabbitmq-stream")  # the reference first
 TARGET_LABELS = {
     "mosquitto-bridge": "mosquitto-bridge->mosquitto",
     "mqtt": "edgebus->mosquitto",
     "jetstream": "edgebus->jetstream",
     "redis": "edgebus->redis-stream",
+    "rabbitmq-stream": "edgebus->rabbitmq-stream",
 }
 REFERENCE = "mosquitto-bridge"
 RATE_TARGET_PER_S = 5000.0  # issue 6: catch-up >= 5,000 msg/s on this machine (both edgebus targets)
@@ -276,20 +277,24 @@ def edgebus_config(port: int, data_dir: Path, target: str, upstream_port: int, s
     bridge = [
         "[[bridge]]",
         'name = "cloud"',
-        f'kind = "{EDGEBUS_KINDS[target]}"',
         f'addresses = ["{HOST}:{upstream_port}"]',
         f"backoff_initial = {settings.backoff_initial_s}",
         f"backoff_max = {settings.backoff_max_s}",
         f"window = {settings.window}",
     ]
-    if target == "jetstream":
-        bridge += [f'stream = "{STREAM}"',
+    if target == "rabbitmq-stream":
+        from bench.bridge_rabbitmq import edgebus_bridge_lines  # rstream: only for this target
+
+        bridge += edgebus_bridge_lines(upstream_port)
+    elif target == "jetstream":
+        bridge += ['kind = "nats-jetstream"', f'stream = "{STREAM}"',
                    f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{NATS_PREFIX}" }}]']
     elif target == "redis":
-        bridge.append(f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{MQTT_PREFIX}" }}]')
+        bridge += ['kind = "redis-stream"',
+                   f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{MQTT_PREFIX}" }}]']
     else:
-        bridge.append(
-            f'topics = [{{ pattern = "sensors/#", qos = {settings.qos}, remote_prefix = "{MQTT_PREFIX}" }}]')
+        rule = f'{{ pattern = "sensors/#", qos = {settings.qos}, remote_prefix = "{MQTT_PREFIX}" }}'
+        bridge += ['kind = "mqtt"', f"topics = [{rule}]"]
     return "\n".join([
         "[server]",
         f'listen = ["{HOST}:{port}"]',
@@ -767,6 +772,10 @@ async def run_target(context: RunContext, target: str) -> dict[str, Any]:
         return await run_jetstream(context, target)
     if target == "redis":
         return await run_redis(context, target)
+    if target == "rabbitmq-stream":
+        from bench.bridge_rabbitmq import run_rabbitmq_stream  # rstream: only for this target
+
+        return await run_rabbitmq_stream(context, target)
     return await run_mosquitto_upstream(context, target)
 
 

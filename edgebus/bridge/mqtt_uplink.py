@@ -355,6 +355,10 @@ class MqttUplink:
                     content_type=record.content_type,
                 )
             qos = record.qos
+            if qos > client.server_maximum_qos:
+                # [MQTT-3.2.2-11]: never above the server's Maximum QoS (CONNACK); at least once, then.
+                self.sink.note_qos_downgrade(qos, client.server_maximum_qos)
+                qos = client.server_maximum_qos
             token: object = None
             if qos:
                 token = ("record", record.seq)

@@ -84,6 +84,7 @@ class Bridge:
         self._wakeup = trio.Event()
         self._waiting_commit = False
         self._sink_factory = sink_factory
+        self._sink: Sink | None = None
         # The first sequence an upstream refused outright: resume never skips it on the log's word (a
         # later record of its batch may be in the log while it is not).
         self._rejected_seq: int | None = None
@@ -164,6 +165,7 @@ class Bridge:
             prefix + "expired": str(self.expired),
             prefix + "oldest_age": f"{max(0.0, now_wall - oldest):.1f}" if oldest is not None else "0",
             prefix + "last_error": self.last_error or "none",
+            prefix + "qos_downgraded": getattr(self._sink, "qos_downgraded", None) or "none",
         }
 
     # --- the runner ------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class Bridge:
             self._set_state(BridgeState.CONNECTING)
             try:
                 if sink is None:
-                    sink = self.make_sink()
+                    sink = self._sink = self.make_sink()
                 async with sink.connect() as uplink:
                     self.connects += 1
                     self._set_state(BridgeState.CONNECTED)

@@ -7,6 +7,7 @@ this shape (a `SinkFactory`), plus its branch in `edgebus.bridge.sinks.sink_clas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -134,6 +135,25 @@ class SinkBase:
         self.topic_map = topic_map
         self.deliver = deliver
         self.client_id = client_id
+        #: "<requested>-><granted>" once the upstream took a lower QoS than an out rule asks for; shown in
+        #: $SYS as .../qos_downgraded, logged once.
+        self.qos_downgraded: str | None = None
+
+    def note_qos_downgrade(self, requested: int, granted: int) -> None:
+        """The upstream grants at most ``granted``: forwarding goes on at that QoS (at least once for QoS 1,
+        with duplicates possible after a lost acknowledgement). Said once per requested QoS."""
+        downgrade = f"{requested}->{granted}"
+        if self.qos_downgraded == downgrade:
+            return
+        self.qos_downgraded = downgrade
+        logging.getLogger("edgebus.bridge").warning(
+            "bridge %s: the upstream grants at most QoS %d; out rules asking for QoS %d are forwarded"
+            " at QoS %d (at least once: a lost acknowledgement can bring a duplicate)",
+            self.bridge.name,
+            granted,
+            requested,
+            granted,
+        )
 
 
 class Sink(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgebus.bridge.mqtt import MqttSink
 from edgebus.bridge.sink import SinkFactory
-from edgebus.bridge.transform import require_nats, require_redis
+from edgebus.bridge.transform import require_nats, require_redis, require_rstream
 
 
 def sink_class(kind: str) -> SinkFactory:
@@ -24,4 +24,10 @@ def sink_class(kind: str) -> SinkFactory:
         from edgebus.bridge.redis_stream import RedisStreamSink  # redis-py is the "redis" extra
 
         return RedisStreamSink
+    if kind == "rabbitmq-stream":
+        require_rstream()
+        # Imported here, only when such a bridge is configured: rstream is the "rabbitmq" extra.
+        from edgebus.bridge.rabbitmq_stream import RabbitStreamSink
+
+        return RabbitStreamSink
     raise ValueError(f"unknown bridge kind {kind!r}")

@@ -66,3 +66,13 @@ def require_redis() -> None:
         import redis  # noqa: F401
     except ImportError:
         raise RuntimeError('a redis-stream bridge needs redis-py: pip install "edgebus[redis]"') from None
+
+
+def require_rstream() -> None:
+    """A rabbitmq-stream bridge needs rstream: say so at start."""
+    try:
+        import rstream  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            'a rabbitmq-stream bridge needs rstream: pip install "edgebus[rabbitmq]"'
+        ) from None

@@ -21,7 +21,7 @@ from edgebus.config.schema import (
 )
 from edgebus.core.topics import is_valid_topic_filter
 
-BridgeKind = Literal["mqtt", "nats-jetstream", "redis-stream"]
+BridgeKind = Literal["mqtt", "nats-jetstream", "redis-stream", "rabbitmq-stream"]
 BridgeDirection = Literal["out", "in", "both"]
 BridgeTransform = Literal["none", "cbor-json"]
 BridgeOverflow = Literal["refuse", "drop-oldest"]
@@ -101,7 +101,9 @@ class BridgeConfig:
         (), ListenAddresses(), 'upstream "HOST:PORT" addresses, tried in turn'
     )
     client_id: str = setting(
-        "", Text(allow_empty=True), "MQTT client id / NATS connection name; '' = edgebus-<gateway>-<name>"
+        "",
+        Text(allow_empty=True),
+        "MQTT client id / NATS or RabbitMQ connection name; '' = edgebus-<gateway>-<name>",
     )
     username: str = setting("", Text(allow_empty=True), "user name for the upstream; '' = none")
     password: str = setting("", Text(allow_empty=True), "password for the upstream")
@@ -143,7 +145,8 @@ class BridgeConfig:
     stream: str = setting(
         "",
         Text(allow_empty=True),
-        "the JetStream stream the subjects belong to; the Redis stream key ('' = edgebus:<gateway_id>)",
+        "the JetStream stream the subjects belong to; the Redis stream key ('' = edgebus:<gateway_id>);"
+        " the RabbitMQ stream",
     )
     topics: tuple[BridgeTopic, ...] = setting((), TopicRules(), "topic rules: what goes out, what comes in")
 
@@ -162,6 +165,10 @@ class BridgeConfig:
             found.append(("stream", "a nats-jetstream bridge needs the stream name"))
         if self.kind == "redis-stream" and any(rule.inbound for rule in self.topics):
             found.append(("topics", "a redis-stream bridge forwards out rules only (no in rules yet)"))
+        if self.kind == "rabbitmq-stream" and not self.stream:
+            found.append(("stream", "a rabbitmq-stream bridge needs the stream name"))
+        if self.kind == "rabbitmq-stream" and any(rule.inbound for rule in self.topics):
+            found.append(("topics", "a rabbitmq-stream bridge forwards out only: no in or both rules"))
         if self.backoff_max < self.backoff_initial:
             found.append(("backoff_max", "must not be below backoff_initial"))
         for rule in self.topics:

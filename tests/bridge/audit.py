@@ -89,14 +89,18 @@ class Verdict:
     reordered: list[tuple[str, int, int]]
     unexpected: list[tuple[str, int]]
     total: int
+    exactly_once: bool = True  # False: duplicates are counted (QoS-1-only upstreams), not failures
+    copies: int = 0  # log entries beyond each message's first
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.reordered or self.unexpected)
+        duplicated = self.duplicated if self.exactly_once else []
+        return not (self.lost or duplicated or self.reordered or self.unexpected)
 
 
-def audit(load: DeviceLoad, log: list[tuple[str, int]]) -> Verdict:
-    """``log``: (local topic, number) in the upstream log's order."""
+def audit(load: DeviceLoad, log: list[tuple[str, int]], exactly_once: bool = True) -> Verdict:
+    """``log``: (local topic, number) in the upstream log's order. ``exactly_once=False`` (at least once):
+    duplicates are allowed and counted; order is checked on each message's first arrival."""
     counts = Counter(log)
     acked = {(topic, n) for topic, numbers in load.acked.items() for n in numbers}
     lost = sorted(acked - counts.keys())
@@ -104,11 +108,13 @@ def audit(load: DeviceLoad, log: list[tuple[str, int]]) -> Verdict:
     unexpected = sorted(key for key in counts if key not in acked and key not in load.unanswered)
     reordered: list[tuple[str, int, int]] = []
     last: dict[str, int] = {}
-    for topic, number in log:
+    first_arrivals = log if exactly_once else list(dict.fromkeys(log))
+    for topic, number in first_arrivals:
         if number <= last.get(topic, 0):
             reordered.append((topic, last[topic], number))
         last[topic] = max(number, last.get(topic, 0))
-    return Verdict(lost, duplicated, reordered, unexpected, len(log))
+    copies = len(log) - len(counts)
+    return Verdict(lost, duplicated, reordered, unexpected, len(log), exactly_once, copies)
 
 
 async def wait_for_log(

@@ -216,7 +216,8 @@ UpstreamFactory = Callable[..., Awaitable[Upstream]]
 
 @asynccontextmanager
 async def open_upstreams(tmp_path: Path) -> AsyncIterator[UpstreamFactory]:
-    """Yields ``start(tls=False, users=None, require_certificate=False, max_inflight_messages=None)``
+    """Yields ``start(tls=False, users=None, require_certificate=False, max_inflight_messages=None,
+    extra_config="")`` (``extra_config``: more mosquitto.conf lines, e.g. ``max_qos 1\n``)
     -> a running `Upstream` in a directory under ``tmp_path``; every one is killed on exit."""
     if not os.access(MOSQUITTO, os.X_OK):
         pytest.skip("mosquitto is not installed")
@@ -228,6 +229,7 @@ async def open_upstreams(tmp_path: Path) -> AsyncIterator[UpstreamFactory]:
         users: dict[str, str] | None = None,
         require_certificate: bool = False,
         max_inflight_messages: int | None = None,
+        extra_config: str = "",
     ) -> Upstream:
         data_dir = tmp_path / f"upstream{len(started)}"
         data_dir.mkdir()
@@ -237,7 +239,7 @@ async def open_upstreams(tmp_path: Path) -> AsyncIterator[UpstreamFactory]:
             upstream.tls_port = free_port()
         password_file = make_password_file(data_dir / "passwd", users) if users is not None else None
         upstream.config_path.write_text(
-            _config(upstream, password_file, require_certificate, max_inflight_messages)
+            _config(upstream, password_file, require_certificate, max_inflight_messages) + extra_config
         )
         started.append(upstream)
         await upstream.start()

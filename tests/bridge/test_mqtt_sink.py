@@ -102,12 +102,17 @@ def records(first: int, last: int, qos: int = 2, topic: str = DATA_TOPIC) -> lis
 
 
 async def persistent_subscriber(
-    make: Callable[..., PahoClient], upstream: Upstream, client_id: str = "cloud-log", version: int = MQTT_5
+    make: Callable[..., PahoClient],
+    upstream: Upstream,
+    client_id: str = "cloud-log",
+    version: int = MQTT_5,
+    granted: int = 2,
 ) -> PahoClient:
-    """A QoS 2 subscriber with a session that outlives its connections: it stands for the cloud log."""
+    """A QoS 2 subscriber with a session that outlives its connections: it stands for the cloud log.
+    ``granted``: the QoS the upstream's SUBACK grants (1 from a Mosquitto with max_qos 1)."""
     subscriber = make(client_id, version)
     await subscriber.connect("127.0.0.1", upstream.port, clean_start=False, session_expiry_interval=3600)
-    assert await subscriber.subscribe("fleet/#", 2) == 2
+    assert await subscriber.subscribe("fleet/#", 2) == granted
     return subscriber
 
 
@@ -320,6 +325,25 @@ async def test_qos_1_and_0_records_are_forwarded(
         await uplink.send(mixed)
     received = await subscriber.expect_messages(4)
     assert [(m.payload, m.qos) for m in received] == [(r.payload, r.qos) for r in mixed]
+
+
+async def test_qos_2_records_go_at_qos_1_to_an_upstream_granting_at_most_1(
+    upstream_factory: UpstreamFactory, observers: Callable[..., PahoClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # [MQTT-3.2.2-11]: a client must not send PUBLISH above the Maximum QoS of the server's CONNACK
+    # (Mosquitto's max_qos 1 announces it [MQTT-3.2.2-9]). The sink sends them at QoS 1, keeps forwarding,
+    # and says so once (log and $SYS .../qos_downgraded).
+    upstream = await upstream_factory(extra_config="max_qos 1\n")
+    subscriber = await persistent_subscriber(observers, upstream, granted=1)  # its SUBACK grants QoS 1
+    sink = make_sink(bridge_config(upstream))
+    async with sink.connect() as uplink:
+        await uplink.resume(1, 20)
+        await uplink.send(records(1, 10))
+        await uplink.send(records(11, 20))
+    received = await subscriber.expect_messages(20)
+    assert [(m.payload, m.qos) for m in received] == [(r.payload, 1) for r in records(1, 20)]
+    assert sink.qos_downgraded == "2->1"
+    assert len([r for r in caplog.records if "grants at most QoS 1" in r.getMessage()]) == 1
 
 
 # --- in rules ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from edgebus_fleet.proxy import ChaosProxy
 from edgebus.bridge.runner import Bridge
 from tests.bridge.audit import DeviceLoad, audit, wait_for_log
 from tests.bridge.outage_logs import CYCLES, GATEWAY, OUTAGE_S, Log, jetstream_log, mosquitto_log
+from tests.bridge.rabbitmq_log import rabbitmq_log
 from tests.bridge.redis_log import redis_log
 from tests.clients import PEER
 from tests.conftest import StartBroker
@@ -39,6 +40,7 @@ LOGS: dict[str, Callable[[Path], AbstractAsyncContextManager[Log]]] = {
     "jetstream": jetstream_log,
     "mosquitto": mosquitto_log,
     "redis": redis_log,
+    "rabbitmq-stream": rabbitmq_log,
 }
 ENGINES = list(LOGS)
 
@@ -60,11 +62,12 @@ async def _run_load(address: tuple[str, int], chaos: Callable[[], Awaitable[None
 
 async def _check(log: Log, load: DeviceLoad) -> None:
     found = await wait_for_log(log.read, load, LOG_TIMEOUT_S, log.count)
-    verdict = audit(load, found)
+    verdict = audit(load, found, log.exactly_once)
     print(
         f"\naudit: {load.acked_count} acknowledged, {verdict.total} in the log, lost {len(verdict.lost)}, "
-        f"duplicated {len(verdict.duplicated)}, reordered {len(verdict.reordered)}, "
-        f"unacknowledged but logged {verdict.total - load.acked_count}"
+        f"duplicated {len(verdict.duplicated)} ({verdict.copies} extra copies), "
+        f"reordered {len(verdict.reordered)}, "
+        f"unacknowledged but logged {verdict.total - verdict.copies - load.acked_count}"
     )
     assert verdict.ok, verdict
     assert load.acked_count >= 300, "too little load to mean anything"
