@@ -22,7 +22,7 @@ from edgebus.auth import (
     read_password_file,
     set_password,
 )
-from edgebus.bridge.transform import require_cbor, require_nats
+from edgebus.bridge.transform import require_cbor, require_kafka, require_nats
 from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
 from edgebus.systemd import Notifier
@@ -153,6 +153,8 @@ def _startup_problems(config: Config) -> list[str]:
         try:
             if bridge.kind == "nats-jetstream":
                 require_nats()
+            if bridge.kind == "kafka":
+                require_kafka()
             if any(rule.transform == "cbor-json" for rule in bridge.topics):
                 require_cbor()
         except RuntimeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgebus.bridge.mqtt import MqttSink
 from edgebus.bridge.sink import SinkFactory
-from edgebus.bridge.transform import require_nats
+from edgebus.bridge.transform import require_kafka, require_nats
 
 
 def sink_class(kind: str) -> SinkFactory:
@@ -19,4 +19,10 @@ def sink_class(kind: str) -> SinkFactory:
         from edgebus.bridge.jetstream import JetStreamSink
 
         return JetStreamSink
+    if kind == "kafka":
+        require_kafka()
+        # Imported here, only when a Kafka bridge is configured: confluent-kafka is the "kafka" extra.
+        from edgebus.bridge.kafka import KafkaSink
+
+        return KafkaSink
     raise ValueError(f"unknown bridge kind {kind!r}")

@@ -58,3 +58,11 @@ def require_nats() -> None:
         import nats  # noqa: F401
     except ImportError:
         raise RuntimeError('a nats-jetstream bridge needs nats-py: pip install "edgebus[bridge]"') from None
+
+
+def require_kafka() -> None:
+    """A kafka bridge needs confluent-kafka: say so at start."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise RuntimeError('a kafka bridge needs confluent-kafka: pip install "edgebus[kafka]"') from None

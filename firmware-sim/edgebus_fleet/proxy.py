@@ -31,10 +31,10 @@ __all__ = ["ChaosProxy"]
 class ChaosProxy:
     """Forwards 127.0.0.1:<port> to the broker; `flap` cuts the network for a while."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listen_port: int = 0) -> None:
         self.target_host = target_host
         self.target_port = target_port
-        self.port = 0
+        self.port = listen_port  # 0: any free port (known once serving)
         self.down_until = 0.0
         # Until then, whatever the broker sends is swallowed (the client's writes still get through): a
         # link that delivers but never answers, as a half-dead uplink does.
@@ -54,7 +54,7 @@ class ChaosProxy:
         self._next_duplicate_id = DUPLICATE_PACKET_ID_BASE
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        (listener,) = open_listening_sockets("127.0.0.1", 0)
+        (listener,) = open_listening_sockets("127.0.0.1", self.port)
         self.port = listener.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
