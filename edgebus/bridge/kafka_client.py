@@ -115,6 +115,7 @@ def open_link(bridge: BridgeConfig, client_id: str, state_key: str) -> KafkaLink
         settings["transactional.id"] = client_id
         settings["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
     link: KafkaLink | None = None
+    timeout = max(bridge.connect_timeout, bridge.ack_timeout)
     try:
         admin = AdminClient({**common, **_user_settings(bridge)})
         holder: list[KafkaLink] = []
@@ -122,7 +123,6 @@ def open_link(bridge: BridgeConfig, client_id: str, state_key: str) -> KafkaLink
         producer = Producer(settings)
         link = KafkaLink(producer, admin, state_key, 0)
         holder.append(link)
-        timeout = max(bridge.connect_timeout, bridge.ack_timeout)
         if bridge.transactional:
             link.state_partition = _state_partition(admin, bridge.state_topic, state_key, timeout)
             producer.init_transactions(timeout)
@@ -135,6 +135,11 @@ def open_link(bridge: BridgeConfig, client_id: str, state_key: str) -> KafkaLink
             close_link(link)
         servers = common["bootstrap.servers"]
         raise SinkError(f"could not connect to Kafka ({servers}): {describe(error)}") from None
+    except TimeoutError:  # an admin request's future
+        if link is not None:
+            close_link(link)
+        servers = common["bootstrap.servers"]
+        raise SinkError(f"could not connect to Kafka ({servers}): no answer within {timeout:g} s") from None
     except (ValueError, TypeError) as error:  # a bad property in kafka_properties
         raise SinkError(f"Kafka client settings: {error}") from None
 
