@@ -23,7 +23,7 @@ from edgebus.auth import (
     read_password_file,
     set_password,
 )
-from edgebus.bridge.transform import require_cbor, require_nats, require_redis, require_rstream
+from edgebus.bridge.transform import require_cbor, require_kafka, require_nats, require_redis, require_rstream
 from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
 from edgebus.systemd import Notifier
@@ -167,6 +167,8 @@ def _startup_problems(config: Config) -> list[str]:
                 require_redis()
             if bridge.kind == "rabbitmq-stream":
                 require_rstream()
+            if bridge.kind == "kafka":
+                require_kafka()
             if any(rule.transform == "cbor-json" for rule in bridge.topics):
                 require_cbor()
         except RuntimeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgebus.bridge.mqtt import MqttSink
 from edgebus.bridge.sink import SinkFactory
-from edgebus.bridge.transform import require_nats, require_redis, require_rstream
+from edgebus.bridge.transform import require_kafka, require_nats, require_redis, require_rstream
 
 
 def sink_class(kind: str) -> SinkFactory:
@@ -30,4 +30,10 @@ def sink_class(kind: str) -> SinkFactory:
         from edgebus.bridge.rabbitmq_stream import RabbitStreamSink
 
         return RabbitStreamSink
+    if kind == "kafka":
+        require_kafka()
+        # Imported here, only when a Kafka bridge is configured: confluent-kafka is the "kafka" extra.
+        from edgebus.bridge.kafka import KafkaSink
+
+        return KafkaSink
     raise ValueError(f"unknown bridge kind {kind!r}")

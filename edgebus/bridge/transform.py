@@ -76,3 +76,11 @@ def require_rstream() -> None:
         raise RuntimeError(
             'a rabbitmq-stream bridge needs rstream: pip install "edgebus[rabbitmq]"'
         ) from None
+
+
+def require_kafka() -> None:
+    """A kafka bridge needs confluent-kafka: say so at start."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise RuntimeError('a kafka bridge needs confluent-kafka: pip install "edgebus[kafka]"') from None

@@ -21,10 +21,16 @@ from edgebus.config.schema import (
 )
 from edgebus.core.topics import is_valid_topic_filter
 
-BridgeKind = Literal["mqtt", "nats-jetstream", "redis-stream", "rabbitmq-stream"]
+BridgeKind = Literal["mqtt", "nats-jetstream", "redis-stream", "rabbitmq-stream", "kafka"]
 BridgeDirection = Literal["out", "in", "both"]
 BridgeTransform = Literal["none", "cbor-json"]
 BridgeOverflow = Literal["refuse", "drop-oldest"]
+#: Placeholders a kafka bridge's templates may use: the whole MQTT topic, or one of its levels.
+_PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
+#: librdkafka properties the kafka sink sets itself: `kafka_properties` must not override them.
+KAFKA_OWN_PROPERTIES: Final = frozenset(
+    {"bootstrap.servers", "transactional.id", "enable.idempotence", "isolation.level", "group.id"}
+)
 _TOPIC_RULE_KEYS: Final = ("pattern", "direction", "qos", "local_prefix", "remote_prefix", "transform")
 
 
@@ -88,8 +94,38 @@ class TopicRules(Check):
 
 
 @dataclass(frozen=True, slots=True)
+class Properties(Check):
+    """A table of client properties: ``{ "compression.type" = "lz4", "linger.ms" = 5 }``, as strings."""
+
+    def expected(self) -> str:
+        return 'a table of client properties ({ "linger.ms" = 5, ... })'
+
+    def convert(self, value: object) -> object:
+        if not isinstance(value, dict):
+            raise self.fail(value)
+        found: list[tuple[str, str]] = []
+        for key, item in value.items():
+            if isinstance(item, bool):
+                found.append((key, "true" if item else "false"))
+            elif isinstance(item, str | int | float):
+                found.append((key, str(item)))
+            else:
+                raise Invalid(f"must be a string, number or boolean, got {show(item)}", at=(key,))
+        return tuple(found)
+
+
+def _template_problems(template: str, what: str) -> list[str]:
+    return [
+        f"{what} {template!r}: unknown placeholder {{{name}}} (use {{topic}} or a level {{1}}, {{2}}, ...)"
+        for name in _PLACEHOLDER.findall(template)
+        if name != "topic" and not (name.isdigit() and int(name) >= 1)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeConfig:
-    """[[bridge]]: store-and-forward to an upstream MQTT broker, a NATS JetStream stream or a Redis stream."""
+    """[[bridge]]: store-and-forward to an upstream MQTT broker, a NATS JetStream stream, a Redis stream, a
+    RabbitMQ stream or Kafka."""
 
     name: str = setting(
         "", Text(allow_empty=True), "the bridge's name, unique ($SYS/broker/bridge/<name>/...)"
@@ -148,6 +184,18 @@ class BridgeConfig:
         "the JetStream stream the subjects belong to; the Redis stream key ('' = edgebus:<gateway_id>);"
         " the RabbitMQ stream",
     )
+    key: str = setting(
+        "{topic}", Text(allow_empty=True), "kafka record key template ({topic}, {1}, ...); '' = no key"
+    )
+    transactional: bool = setting(
+        True, Boolean(), "kafka: one transaction per batch, resume from the committed state (exactly once)"
+    )
+    state_topic: str = setting(
+        "__edgebus_bridge_state", Text(), "kafka: the compacted topic holding each bridge's resume point"
+    )
+    kafka_properties: tuple[tuple[str, str], ...] = setting(
+        (), Properties(), "kafka: extra librdkafka properties for the producer and consumer"
+    )
     topics: tuple[BridgeTopic, ...] = setting((), TopicRules(), "topic rules: what goes out, what comes in")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -169,6 +217,8 @@ class BridgeConfig:
             found.append(("stream", "a rabbitmq-stream bridge needs the stream name"))
         if self.kind == "rabbitmq-stream" and any(rule.inbound for rule in self.topics):
             found.append(("topics", "a rabbitmq-stream bridge forwards out only: no in or both rules"))
+        if self.kind == "kafka":
+            found += self._kafka_problems()
         if self.backoff_max < self.backoff_initial:
             found.append(("backoff_max", "must not be below backoff_initial"))
         for rule in self.topics:
@@ -179,4 +229,24 @@ class BridgeConfig:
                 for prefix in (rule.local_prefix, rule.remote_prefix)
                 if "+" in prefix or "#" in prefix
             ]
+        return found
+
+    def _kafka_problems(self) -> list[tuple[str, str]]:
+        found = [("key", problem) for problem in _template_problems(self.key, "key")]
+        for rule in self.topics:
+            if not rule.remote_prefix:
+                found.append(("topics", f"rule {rule.pattern!r}: remote_prefix must name the Kafka topic"))
+            elif rule.inbound and "{" in rule.remote_prefix:
+                problem = f"rule {rule.pattern!r}: an in rule's Kafka topic cannot be a template"
+                found.append(("topics", problem))
+            else:
+                what = f"rule {rule.pattern!r}: remote_prefix"
+                found += [("topics", problem) for problem in _template_problems(rule.remote_prefix, what)]
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", self.state_topic):
+            found.append(("state_topic", "a Kafka topic name: letters, digits, '.', '_' and '-' only"))
+        found += [
+            ("kafka_properties", f"{name!r} is set by the bridge itself")
+            for name, _ in self.kafka_properties
+            if name in KAFKA_OWN_PROPERTIES
+        ]
         return found

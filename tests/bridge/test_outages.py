@@ -22,6 +22,8 @@ from edgebus_fleet.proxy import ChaosProxy
 
 from edgebus.bridge.runner import Bridge
 from tests.bridge.audit import DeviceLoad, audit, wait_for_log
+from tests.bridge.kafka_log import kafka_log
+from tests.bridge.kafka_upstream import kafka_available
 from tests.bridge.outage_logs import CYCLES, GATEWAY, OUTAGE_S, Log, jetstream_log, mosquitto_log
 from tests.bridge.rabbitmq_log import rabbitmq_log
 from tests.bridge.redis_log import redis_log
@@ -41,12 +43,29 @@ LOGS: dict[str, Callable[[Path], AbstractAsyncContextManager[Log]]] = {
     "mosquitto": mosquitto_log,
     "redis": redis_log,
     "rabbitmq-stream": rabbitmq_log,
+    "kafka": kafka_log,
 }
-ENGINES = list(LOGS)
+#: Engines whose server is fetched by scripts/test and may be missing on a machine that did not run it.
+NEEDS = {"kafka": (kafka_available, "Kafka's jars are not in .cache/kafka (run scripts/test)")}
+#: Engines that store a batch for good only after the client saw every record's ack (Kafka transactions).
+COMMIT_AFTER_ACKS = {"kafka"}
+ENGINES = [
+    pytest.param(name, marks=pytest.mark.skipif(not NEEDS[name][0](), reason=NEEDS[name][1]))
+    if name in NEEDS
+    else name
+    for name in LOGS
+]
 
 
 def open_log(engine: str, tmp_path: Path) -> AbstractAsyncContextManager[Log]:
     return LOGS[engine](tmp_path)
+
+
+def proxy_route(log: Log) -> tuple[int, int]:
+    """(the port a ChaosProxy in front of the log forwards to, the port it must listen on; 0 = any).
+    A log whose clients follow advertised addresses (Kafka) names both; the others take server.port."""
+    route: tuple[int, int] | None = getattr(log, "proxy_route", None)
+    return route if route is not None else (log.server.port, 0)
 
 
 # --- the scenarios ---------------------------------------------------------------------------------------
@@ -91,7 +110,8 @@ async def _through_proxy(
 ) -> Bridge:
     """The uplink through a ChaosProxy that ``fault`` breaks CYCLES times under load; audited."""
     async with open_log(engine, tmp_path) as log:
-        proxy = ChaosProxy("127.0.0.1", log.server.port)
+        target, listen = proxy_route(log)
+        proxy = ChaosProxy("127.0.0.1", target, listen)
         port = await nursery.start(proxy.serve)
         broker = await start_broker(bridges=(log.bridge(port),))
         load = DeviceLoad()
@@ -123,7 +143,14 @@ async def test_acknowledgements_lost(
     # is detected, the link dropped, and on reconnect the log's last id says the batch is in. The outage
     # outlasts JetStream's duplicate window, so only resume() stands between the resend and a duplicate.
     bridge = await _through_proxy(engine, start_broker, tmp_path, nursery, lambda proxy: proxy.mute(OUTAGE_S))
-    assert bridge.skipped > 0, "no batch was caught between storage and acknowledgement"
+    if engine in COMMIT_AFTER_ACKS:
+        # The batch's records are stored, their acks lost; the client commits only after every ack, so
+        # the transaction is aborted by the next connection's init_transactions and the batch goes again:
+        # the audit's "no duplicate" is the check. (A lost reply to the commit itself, a narrow window,
+        # is what resume() then skips.)
+        assert bridge.connects > 1, "the muted link was never given up"
+    else:
+        assert bridge.skipped > 0, "no batch was caught between storage and acknowledgement"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
