@@ -119,7 +119,7 @@ def test_example_file_sets_every_schema_key() -> None:
     data = tomllib.loads(_example_with_arrays_uncommented())
     keys = [info.key for info in iter_settings()]
     # server, mqtt, queue, storage, sys, security, limits, [[listener]], [[bridge]]
-    assert len(keys) == 4 + 11 + 3 + 2 + 1 + 5 + 7 + 10 + 29
+    assert len(keys) == 4 + 11 + 3 + 2 + 1 + 5 + 7 + 10 + 30
     for key in keys:
         table: object = data
         for part in key.split("."):
@@ -426,6 +426,7 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "limits.max_subscriptions_per_client": (0, 10_000_000),
         "listener[].max_connections": (0, 10_000_000),
         "bridge[].protocol_level": (4, 5),
+        "bridge[].max_qos": (1, 2),
         "bridge[].window": (1, 30000),
         "bridge[].max_messages": (1, 100_000_000),
         "bridge[].max_bytes": (1024, 2**50),
@@ -741,6 +742,15 @@ def test_bridge_topic_rule_errors_name_the_rule() -> None:
     assert "pattern 'a/#/b' is not a valid topic filter" in str(error)
     error = parse_error(BRIDGE + 'topics = [{ pattern = "a/#", remote_prefix = "x/+/" }]\n')
     assert "must not contain wildcards" in str(error)
+
+
+def test_bridge_max_qos_is_1_or_2() -> None:
+    # A QoS-1-only cloud (AWS IoT Core, RabbitMQ MQTT) is told so with max_qos = 1; 0 would forward nothing
+    # at least once, so it is no choice.
+    assert parse_config(BRIDGE + 'topics = [{ pattern = "#" }]\n').bridge[0].max_qos == 2
+    assert parse_config(BRIDGE + 'max_qos = 1\ntopics = [{ pattern = "#" }]\n').bridge[0].max_qos == 1
+    error = parse_error(BRIDGE + 'max_qos = 0\ntopics = [{ pattern = "#" }]\n')
+    assert str(error) == "test.toml:4: bridge[0].max_qos: must be an integer from 1 to 2, got 0"
 
 
 def test_jetstream_bridge_needs_a_stream_and_names_are_unique() -> None:

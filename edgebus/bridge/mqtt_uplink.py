@@ -95,6 +95,13 @@ class MqttUplink:
         """The connection `connect_mqtt` opened for this uplink's client (MqttSink.connect, before use)."""
         self._connection = connection
 
+    @property
+    def max_qos(self) -> int:
+        """The highest QoS this upstream takes: the bridge's ``max_qos`` (a 3.1.1 server cannot say; AWS
+        IoT Core closes the connection on a QoS 2 PUBLISH, RabbitMQ 3.10 answers it with a PUBACK), capped
+        by an MQTT 5 server's Maximum QoS (CONNACK) [MQTT-3.2.2-9]."""
+        return min(self.bridge.max_qos, self.client.server_maximum_qos)
+
     # --- events (synchronous, from the connection's reader and writer tasks) ------------------------------
 
     def notify(self) -> None:
@@ -189,7 +196,7 @@ class MqttUplink:
             # Retain As Published, so a retained command stays retained here [MQTT-3.3.1-12].
             Subscription(
                 topic_filter,
-                qos,
+                min(qos, self.bridge.max_qos),
                 no_local=v5,
                 retain_as_published=v5,
                 retain_handling=RetainHandling.SEND_IF_NEW_SUBSCRIPTION,
@@ -273,6 +280,10 @@ class MqttUplink:
                 checkpoint,
             )
         last_release = min(checkpoint, last_seq, first_seq + bridge.window - 1)
+        if self.max_qos < 2:
+            # No QoS 2 flow was ever started here, so none to release; and a PUBREL would hurt: RabbitMQ
+            # 3.10's MQTT plugin answers one for an id it does not hold with silence, PINGRESP included.
+            last_release = first_seq - 1
         tokens: list[object] = []
         try:
             for seq in range(first_seq, last_release + 1):
@@ -345,6 +356,7 @@ class MqttUplink:
     async def _send_slice(self, records: Sequence[Record]) -> None:
         client = self.client
         v5 = client.protocol_level == MQTT_5
+        max_qos = self.max_qos
         tokens: list[object] = []
         for record in records:
             properties = NO_PROPERTIES
@@ -355,10 +367,11 @@ class MqttUplink:
                     content_type=record.content_type,
                 )
             qos = record.qos
-            if qos > client.server_maximum_qos:
-                # [MQTT-3.2.2-11]: never above the server's Maximum QoS (CONNACK); at least once, then.
-                self.sink.note_qos_downgrade(qos, client.server_maximum_qos)
-                qos = client.server_maximum_qos
+            if qos > max_qos:
+                # [MQTT-3.2.2-11]: never above the server's Maximum QoS (CONNACK) or the bridge's max_qos;
+                # at least once, then.
+                self.sink.note_qos_downgrade(qos, max_qos)
+                qos = max_qos
             token: object = None
             if qos:
                 token = ("record", record.seq)

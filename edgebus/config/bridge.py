@@ -150,6 +150,12 @@ class BridgeConfig:
     certfile: str = setting("", Text(allow_empty=True), "PEM client certificate (mutual TLS); '' = none")
     keyfile: str = setting("", Text(allow_empty=True), "PEM private key of certfile")
     protocol_level: int = setting(5, IntRange(4, 5), "MQTT protocol level: 4 = 3.1.1, 5 = 5.0 (mqtt)")
+    max_qos: int = setting(
+        2,
+        IntRange(1, 2),
+        "mqtt: highest QoS the upstream takes (1 for AWS IoT Core, Azure IoT Hub, RabbitMQ MQTT):"
+        " QoS 2 rules go at QoS 1 there, at least once",
+    )
     keep_alive: float = setting(10.0, NumberRange(1, 3600), "seconds between keep-alive pings")
     ack_timeout: float = setting(
         10.0,
