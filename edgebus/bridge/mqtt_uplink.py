@@ -270,9 +270,11 @@ class MqttUplink:
         if not client.server_retain_available:
             raise SinkError("the upstream does not keep retained messages: the checkpoint cannot work")
         checkpoint = await self._read_checkpoint()
-        if checkpoint and not self.session_present:
+        qos_2 = self.max_qos >= 2
+        if checkpoint and not self.session_present and qos_2:
             # The upstream lost our session: records it received but we never released are gone with
-            # it (their PUBREL cannot deliver them now). Nothing here can tell which; say so.
+            # it (their PUBREL cannot deliver them now). Nothing here can tell which; say so. (At QoS 1
+            # a record is delivered on receipt: nothing waits for a release.)
             log.warning(
                 "bridge %s: upstream has no session for us but a checkpoint at %d: records up to it that "
                 "were received and not yet released may be lost upstream",
@@ -280,7 +282,7 @@ class MqttUplink:
                 checkpoint,
             )
         last_release = min(checkpoint, last_seq, first_seq + bridge.window - 1)
-        if self.max_qos < 2:
+        if not qos_2:
             # No QoS 2 flow was ever started here, so none to release; and a PUBREL would hurt: RabbitMQ
             # 3.10's MQTT plugin answers one for an id it does not hold with silence, PINGRESP included.
             last_release = first_seq - 1
