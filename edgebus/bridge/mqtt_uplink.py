@@ -98,8 +98,8 @@ class MqttUplink:
     @property
     def max_qos(self) -> int:
         """The highest QoS this upstream takes: the bridge's ``max_qos`` (a 3.1.1 server cannot say; AWS
-        IoT Core closes the connection on a QoS 2 PUBLISH, RabbitMQ 3.10 answers it with a PUBACK), capped
-        by an MQTT 5 server's Maximum QoS (CONNACK) [MQTT-3.2.2-9]."""
+        IoT Core leaves a QoS 2 PUBLISH unanswered, RabbitMQ 3.10 answers it with a PUBACK), capped by an
+        MQTT 5 server's Maximum QoS (CONNACK) [MQTT-3.2.2-9]."""
         return min(self.bridge.max_qos, self.client.server_maximum_qos)
 
     # --- events (synchronous, from the connection's reader and writer tasks) ------------------------------
