@@ -128,14 +128,18 @@ class RabbitServer:
                 await trio.sleep(0.1)
 
     def start_blocking(self) -> None:
-        """`start` for a synchronous (module- or session-scoped) fixture."""
+        """`start` for a synchronous (module- or session-scoped) fixture. A node that does not come up is
+        stopped, its epmd too, before the error goes on."""
         process = self._launch()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._ready(process):
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"RabbitMQ did not open its listeners within {START_TIMEOUT_S:g} s")
-            time.sleep(0.1)
+        try:
+            while not self._ready(process):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"RabbitMQ did not open its listeners within {START_TIMEOUT_S:g} s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self) -> None:
         """SIGKILL the node: it dies without a word; the kernel resets its sockets."""
@@ -183,6 +187,8 @@ async def running_rabbitmq(directory: Path, mqtt_config: str = "") -> AsyncItera
 
 
 _shared: RabbitServer | None = None
+#: Fresh starts (new ports each) `shared_rabbitmq` tries before giving up.
+SHARED_START_ATTEMPTS = 3
 
 
 def shared_rabbitmq() -> RabbitServer:
@@ -191,8 +197,16 @@ def shared_rabbitmq() -> RabbitServer:
     a test that kills and restarts it leaves it running on the same data and ports."""
     global _shared
     if _shared is None or _shared.process is None:
-        server = RabbitServer(Path(tempfile.mkdtemp(prefix="edgebus-rabbitmq-")))
-        server.start_blocking()
+        for attempt in range(SHARED_START_ATTEMPTS):
+            server = RabbitServer(Path(tempfile.mkdtemp(prefix="edgebus-rabbitmq-")))
+            try:
+                server.start_blocking()
+                break
+            except RuntimeError:
+                # The node exited: most often another process took one of its free ports between
+                # free_port() and the node's bind (the machine is shared). New ports, once more.
+                if attempt == SHARED_START_ATTEMPTS - 1:
+                    raise
         atexit.register(server.stop)
         _shared = server
     return _shared
