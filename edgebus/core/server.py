@@ -211,6 +211,7 @@ class Connection:
         stats = self.stats
         stats.messages_received += 1
         qos = packet.qos
+        stats.received_by_qos[qos & 3] += 1
         props = packet.properties
         topic = packet.topic
         if qos > self.limits.max_qos:
@@ -474,9 +475,11 @@ class Connection:
                     and self._held_back(data, journal.delivery_sent(session, delivery, pid))
                 ):
                     stats.messages_sent += 1
+                    stats.sent_by_qos[qos] += 1
                     continue
             out.append(data)
             stats.messages_sent += 1
+            stats.sent_by_qos[qos] += 1
             size += len(data)
             if size >= limit_bytes:
                 break

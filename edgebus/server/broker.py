@@ -35,6 +35,9 @@ from edgebus.core.server_events import (
 )
 from edgebus.core.session import Session, SubscriptionOptions
 from edgebus.core.stats import Stats
+from edgebus.http.server import HttpServer
+from edgebus.http.service import HttpService
+from edgebus.http.view import ListenerInfo
 from edgebus.protocol.enums import ReasonCode
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Connect
@@ -47,7 +50,7 @@ from edgebus.server.subscriptions import Subscriptions
 from edgebus.server.sys_topics import SysTopics
 from edgebus.server.timers import Timers
 from edgebus.store import OutboxRow, Store
-from edgebus.transport.listener import Listener
+from edgebus.transport.listener import HTTP_TYPES, Listener
 from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import open_listening_sockets, serve_tcp
 
@@ -136,6 +139,10 @@ class Broker:
         self._shutdown_requested = trio.Event()
         self._listen_scope = trio.CancelScope()
         self._extra_listeners: list[Listener] = []
+        # The HTTP API, metrics and status page, when a [[listener]] has type http / https.
+        self.http = HttpService(self) if any(lc.type in HTTP_TYPES for lc in config.listener) else None
+        self._http_servers: dict[Listener, HttpServer] = {}
+        self._main_addresses = 0  # how many of `addresses` are server.listen's
 
     # --- what tests and operators look at ---------------------------------------------------------
 
@@ -166,6 +173,34 @@ class Broker:
         """The $SYS topics and their current values."""
         return self.sys_topics.values()
 
+    def uptime_seconds(self) -> float:
+        return self.sys_topics.uptime_seconds()
+
+    def password_entries(self) -> dict[str, str] | None:
+        """The password file's entries as last read (at start, SIGHUP); None without a password file."""
+        auth = self.admission.auth
+        return auth.passwords if auth is not None else None
+
+    def listener_info(self) -> list[ListenerInfo]:
+        """Each listener's open connections: server.listen's sockets together, then every [[listener]]."""
+        extra_mqtt = 0
+        found: list[ListenerInfo] = []
+        for listener in self._extra_listeners:
+            kind = listener.config.type
+            server = self._http_servers.get(listener)
+            refused = listener.refused + (server.refused_connections if server is not None else 0)
+            for host, port in listener.addresses:
+                found.append(ListenerInfo(kind, _address(host, port), listener.connections, refused))
+            if kind not in HTTP_TYPES:
+                extra_mqtt += listener.connections
+        # server.listen sockets share one count (the first shows it): MQTT connections not on a [[listener]]
+        main_count = len(self.connections.clients) - extra_mqtt
+        main = [
+            ListenerInfo("tcp", _address(host, port), main_count if index == 0 else 0, 0)
+            for index, (host, port) in enumerate(self.addresses[: self._main_addresses])
+        ]
+        return main + found
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def serve(
@@ -180,6 +215,7 @@ class Broker:
                 listener.close()
             raise
         self.addresses = [_sockname(listener) for listener in listeners]
+        self._main_addresses = len(self.addresses)
         if self.store is not None:
             try:
                 state = await trio.to_thread.run_sync(self.store.load)
@@ -205,6 +241,8 @@ class Broker:
                     root.start_soon(self.sys_topics.publish_forever, self.config.sys.interval)
                 for bridge in self.bridges:
                     root.start_soon(bridge.run)
+                if self.http is not None:
+                    root.start_soon(self.http.sample_forever)
                 root.start_soon(connections.flush_forever)
                 async with trio.open_nursery() as tasks:
                     connections.start_writers_in(tasks)  # the connections' tasks end with this nursery
@@ -255,6 +293,8 @@ class Broker:
             for listener_config in self.config.listener:
                 listener = Listener(listener_config)
                 extra.append(listener)
+                if self.http is not None and listener_config.type in HTTP_TYPES:
+                    self._http_servers[listener] = self.http.server_for(listener_config)
                 listener.open()
         except BaseException:
             for listener in extra:
@@ -272,7 +312,12 @@ class Broker:
                 for listener in listeners:
                     accepting.start_soon(serve_tcp, listener, self._serve_stream, nursery)
                 for extra in self._extra_listeners:
-                    accepting.start_soon(extra.serve, self._serve_stream, nursery)
+                    http = self._http_servers.get(extra)
+                    if http is not None:
+                        # HTTP connections end with the accepting: shutdown does not wait on idle keep-alives.
+                        accepting.start_soon(extra.serve, http.serve_connection, accepting)
+                    else:
+                        accepting.start_soon(extra.serve, self._serve_stream, nursery)
 
     async def _serve_stream(self, stream: ClientStream) -> None:
         """The reader task of one connection."""
@@ -383,6 +428,10 @@ class Broker:
 
 def _new_client_id() -> str:
     return "edgebus-" + secrets.token_hex(8)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _sockname(listener: socket.socket) -> tuple[str, int]:
