@@ -144,6 +144,9 @@ class HttpServer:
                 raise _Timeout
             if isinstance(event, h11.Request):
                 head = event
+                # h11 bounds a head that arrives in pieces; one that came whole is measured here.
+                if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > MAX_HEAD_BYTES:
+                    raise h11.RemoteProtocolError("request head too large", 431)
                 length = dict(event.headers).get(b"content-length")
                 if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
                     raise _BodyTooLarge
