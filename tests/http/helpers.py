@@ -1,4 +1,4 @@
-"""A real HTTP client for the HTTP listener's tests (urllib in a worker thread), and the files it logs in with."""
+"""A real HTTP client for the HTTP listener's tests (urllib in a thread), and the files it logs in with."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ async def start_http_broker(
     start_broker: StartBroker, tmp_path: Path, **listener: Any
 ) -> tuple[BrokerHandle, str]:
     passwords, tokens = write_auth_files(tmp_path)
-    entry = {"type": "http", "admins": ("admin", "prometheus"), "token_file": str(tokens)}
+    entry: dict[str, Any] = {"type": "http", "admins": ("admin", "prometheus"), "token_file": str(tokens)}
     entry.update({"basic_auth_over_http": True, **listener})
     broker = await start_broker(
         security={"password_file": str(passwords), "auth_failure_delay": FAILURE_DELAY_S},
@@ -216,7 +216,10 @@ async def test_bad_requests_get_json_errors_and_the_broker_serves_on(
     # An idle keep-alive connection is closed after the timeout too.
     assert await raw_exchange(host, int(port), b"") == b""
     # Keep-alive: two requests on one connection.
-    two = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/broker HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    two = (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /api/v1/broker HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     answers = await raw_exchange(host, int(port), two)
     assert answers.count(b"HTTP/1.1 200 OK") == 1 and answers.count(b"HTTP/1.1 401 Unauthorized") == 1
     # Still serving, both HTTP and MQTT.
