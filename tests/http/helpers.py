@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -45,14 +46,19 @@ def basic(user_password: tuple[str, str]) -> dict[str, str]:
 
 
 async def request(
-    url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One HTTP request with urllib (in a thread); 4xx/5xx come back as a Reply, not an exception."""
+    """One HTTP request with urllib (in a thread); 4xx/5xx come back as a Reply, not an exception.
+    ``context``: how an https server is verified."""
 
     def call() -> Reply:
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=30) as response:
+            with urllib.request.urlopen(req, timeout=30, context=context) as response:
                 return Reply(response.status, _headers(response.headers), response.read())
         except urllib.error.HTTPError as error:
             with error:
