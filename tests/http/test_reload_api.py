@@ -6,6 +6,7 @@ through can itself be changed by the reload it answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 import trio
 
+from edgebus.config import ListenerConfig, parse_listen_address
 from tests.clients import MQTT_5, PahoClient, edgebus_only
+from tests.conftest import StartBroker
 from tests.http.helpers import ADMIN, VIEWER, basic, request, write_auth_files
 from tests.http.test_metrics import parse_exposition
 from tests.processes import free_port, start_edgebus_process
@@ -163,3 +166,24 @@ async def test_api_reload_applies_the_file(gateway: Gateway, paho: Callable[...,
     # The device's connection was never dropped.
     await device.publish("sensors/2", b"22.0", qos=1)
     await device.disconnect()
+
+
+async def test_an_http_listener_added_and_removed_by_a_reload(start_broker: StartBroker) -> None:
+    """A broker started without any http listener gets one from a reload (SIGHUP's `reload_config`), and
+    loses it again: its port then refuses connections."""
+    handle = await start_broker()
+    broker = handle.broker
+    assert broker is not None
+    port = free_port()
+    listener = ListenerConfig(
+        type="http", address=parse_listen_address(f"127.0.0.1:{port}"), allow_anonymous=True
+    )
+    report = await broker.reload_config(dataclasses.replace(broker.config, listener=(listener,)))
+    assert report.changed == [f"listener http 127.0.0.1:{port}: added"], report
+    reply = await request(f"http://127.0.0.1:{port}/api/v1/listeners")
+    assert reply.status == 200
+    assert ("http", f"127.0.0.1:{port}") in {(e["type"], e["address"]) for e in reply.json()["listeners"]}
+    report = await broker.reload_config(dataclasses.replace(broker.config, listener=()))
+    assert report.changed == [f"listener http 127.0.0.1:{port}: removed"], report
+    with pytest.raises(OSError, match="attempts to connect"):
+        await trio.open_tcp_stream("127.0.0.1", port)
