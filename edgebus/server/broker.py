@@ -164,7 +164,7 @@ class Broker:
         a removed one's is kept for a bridge of that name configured later). Not applied, listed in the
         report's ``needs_restart``: server.data_dir, server.gateway_id, storage.durability. server.log_level
         is the caller's (the process's logging). Raises ReloadRefused, with nothing changed, when a
-        password, ACL or TLS file cannot be used or a bridge cannot be built (a missing package)."""
+        password, ACL, TLS or token file cannot be used or a bridge cannot be built (a missing package)."""
         async with self._reload_lock:
             config, needs_restart = running_config(self.config, new_config)
             report = ReloadReport(new_config.source, changed_keys(self.config, config), needs_restart)
@@ -175,11 +175,12 @@ class Broker:
                 raise ReloadRefused([f"listener: {exc}"]) from None
             try:
                 bridge_plan = self.bridge_set.plan(config.bridge)
-            except RuntimeError as exc:
-                raise ReloadRefused([f"bridge: {exc}"]) from None
-            try:
                 self.admission.reload_security(config)
+            except RuntimeError as exc:
+                self.listener_set.discard(listener_plan)
+                raise ReloadRefused([f"bridge: {exc}"]) from None
             except (PasswordFileError, AclError) as exc:
+                self.listener_set.discard(listener_plan)
                 raise ReloadRefused([str(exc)]) from None
             self.config = config
             self._apply_settings(config)

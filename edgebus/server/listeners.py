@@ -175,6 +175,11 @@ class ListenerSet:
         }
         return ListenerPlan(order, added, removed, contexts, tokens)
 
+    def discard(self, plan: ListenerPlan) -> None:
+        """A refused reload's plan: the listeners it built (unbound) are dropped."""
+        for accepting in plan.added.values():
+            self._stopped(accepting)
+
     async def apply(self, plan: ListenerPlan) -> tuple[list[str], list[str]]:
         """Stop the removed listeners (first: a changed one may reuse its address), then bind and start the
         added ones. Returns (changes, errors): a listener that cannot bind is an error, the rest applies."""

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from edgebus.config import ListenerConfig, parse_listen_address
+from edgebus.server.reload import ReloadRefused
 from tests.clients import MQTT_5, PahoClient, edgebus_only
 from tests.conftest import StartBroker
 from tests.http.helpers import ADMIN, VIEWER, basic, request, write_auth_files
@@ -168,9 +169,11 @@ async def test_api_reload_applies_the_file(gateway: Gateway, paho: Callable[...,
     await device.disconnect()
 
 
-async def test_an_http_listener_added_and_removed_by_a_reload(start_broker: StartBroker) -> None:
-    """A broker started without any http listener gets one from a reload (SIGHUP's `reload_config`), and
-    loses it again: its port then refuses connections."""
+async def test_an_http_listener_added_and_removed_by_a_reload(
+    start_broker: StartBroker, tmp_path: Path
+) -> None:
+    """A broker started without any http listener gets one from a reload (`reload_config`, what SIGHUP and
+    the API apply), and loses it again: its port then refuses connections. A refused reload leaves none."""
     handle = await start_broker()
     broker = handle.broker
     assert broker is not None
@@ -178,6 +181,14 @@ async def test_an_http_listener_added_and_removed_by_a_reload(start_broker: Star
     listener = ListenerConfig(
         type="http", address=parse_listen_address(f"127.0.0.1:{port}"), allow_anonymous=True
     )
+    # Refused (an unreadable password file): nothing changes, and the server built for the listener is
+    # dropped, not left among the running ones.
+    security = dataclasses.replace(broker.config.security, password_file=str(tmp_path / "missing"))
+    refused = dataclasses.replace(broker.config, listener=(listener,), security=security)
+    with pytest.raises(ReloadRefused, match="missing"):
+        await broker.reload_config(refused)
+    assert broker.http.servers == {} and broker.listener_info()[0].type == "tcp"
+    assert len(broker.listener_info()) == 1
     report = await broker.reload_config(dataclasses.replace(broker.config, listener=(listener,)))
     assert report.changed == [f"listener http 127.0.0.1:{port}: added"], report
     reply = await request(f"http://127.0.0.1:{port}/api/v1/listeners")
