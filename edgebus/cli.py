@@ -202,7 +202,6 @@ async def _reload(broker: Broker) -> None:
     except (StartupProblems, ReloadRefused) as exc:
         log.error("reload refused, the configuration stays as it was: %s", exc)
         return
-    logging.getLogger().setLevel(broker.config.server.log_level.upper())
     source = broker.config.source or "(built-in)"
     log.info("received SIGHUP: configuration %s reloaded; %s", source, report.summary)
     if report.needs_restart:

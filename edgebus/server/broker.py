@@ -74,6 +74,7 @@ class Broker:
         #: What a reload applies (SIGHUP, the HTTP API): the command line's reader of the config file, or
         #: the file the running configuration came from (`reread`). Raises ConfigError / StartupProblems.
         self.read_config = read_config or (lambda: reread(self.config))
+        self._owns_logging = read_config is not None  # `edgebus serve`: server.log_level is the process's
         mqtt = config.mqtt
         self.limits = _connection_limits(mqtt)
         self.features = _server_features(mqtt)
@@ -193,9 +194,12 @@ class Broker:
 
     async def reload_from_file(self) -> ReloadReport:
         """`reload_config` with the configuration file re-read and checked as at start (`read_config`):
-        what SIGHUP and the HTTP API's reload do. Raises ConfigError (file:line) or StartupProblems when
+        what SIGHUP and the HTTP API's reload do (under `edgebus serve`, server.log_level too). Raises ConfigError (file:line) or StartupProblems when
         the file cannot be used, ReloadRefused as `reload_config`; nothing has changed then."""
-        return await self.reload_config(self.read_config())
+        report = await self.reload_config(self.read_config())
+        if self._owns_logging:
+            logging.getLogger().setLevel(self.config.server.log_level.upper())
+        return report
 
     def _apply_settings(self, config: Config) -> None:
         """[mqtt], [queue], [limits], [storage] max_bytes and [sys]: to the parts that hold them. Each open
