@@ -194,8 +194,9 @@ class Broker:
 
     async def reload_from_file(self) -> ReloadReport:
         """`reload_config` with the configuration file re-read and checked as at start (`read_config`):
-        what SIGHUP and the HTTP API's reload do (under `edgebus serve`, server.log_level too). Raises ConfigError (file:line) or StartupProblems when
-        the file cannot be used, ReloadRefused as `reload_config`; nothing has changed then."""
+        what SIGHUP and the HTTP API's reload do (under `edgebus serve`, server.log_level too). Raises
+        ConfigError (file:line) or StartupProblems when the file cannot be used, ReloadRefused as
+        `reload_config`; nothing has changed then."""
         report = await self.reload_config(self.read_config())
         if self._owns_logging:
             logging.getLogger().setLevel(self.config.server.log_level.upper())
