@@ -14,6 +14,7 @@ import trio
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from edgebus.bridge.kafka import TOPIC_HEADER
+from edgebus.bridge.kafka_client import describe
 from edgebus_fleet.cloud_log import LogSettings, OnMessage
 
 __all__ = ["KafkaReader"]
@@ -30,7 +31,10 @@ class KafkaReader:
         self._consumer: Consumer | None = None
 
     async def start(self) -> None:
-        self._consumer = await trio.to_thread.run_sync(self._open)
+        try:
+            self._consumer = await trio.to_thread.run_sync(self._open)
+        except KafkaException as error:
+            raise ConnectionError(describe(error)) from None  # the engine's "cloud log ...: <this>"
 
     def _open(self) -> Consumer:
         settings = self.settings
