@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,11 +21,11 @@ from edgebus_fleet.cloud_log import LogSettings
 from edgebus_fleet.engine import Engine, RunResult
 from edgebus_fleet.profiles import load_fleet
 
-from tests.bridge.kafka_log import create_topic
+from tests.bridge.kafka_log import create_topic, read_topic
 from tests.bridge.kafka_upstream import kafka_available, shared_kafka
 from tests.bridge.nats_upstream import open_nats_admin, running_nats_server
 from tests.bridge.rabbitmq_upstream import RABBITMQ_SERVER, open_stream_admin, shared_rabbitmq
-from tests.bridge.redis_upstream import running_redis_server
+from tests.bridge.redis_upstream import read_stream, running_redis_server
 from tests.clients import PEER
 from tests.fleet.conftest import FIRMWARE_SIM
 from tests.processes import free_port, start_edgebus_process
@@ -57,9 +57,11 @@ def gateway_config(
     return config
 
 
+#: How many entries the log holds once the run is over (read independently of the fleet's reader).
+Count = Callable[[], Awaitable[int]]
 #: A log made ready for one run: the [log] settings to read it through the proxy, the bridge's remote
-#: prefix and extra bridge settings.
-Ready = tuple[LogSettings, str, str]
+#: prefix, extra bridge settings, and its entry count (None: not read here).
+Ready = tuple[LogSettings, str, str, Count | None]
 
 _names = itertools.count(1)
 
@@ -72,7 +74,11 @@ def _unique(stem: str) -> str:
 async def redis_log(tmp_path: Path, log: LogSettings) -> AsyncIterator[Ready]:
     assert log.stream == f"edgebus:{GATEWAY}"  # the sink's default stream: the bridge names none
     async with running_redis_server(tmp_path / "redis") as server:
-        yield dataclasses.replace(log, port=server.port, uplink_proxy_port=free_port()), PREFIX, ""
+
+        async def count() -> int:
+            return len(await trio.to_thread.run_sync(read_stream, server.port, log.stream))
+
+        yield dataclasses.replace(log, port=server.port, uplink_proxy_port=free_port()), PREFIX, "", count
 
 
 @asynccontextmanager
@@ -81,7 +87,7 @@ async def jetstream_log(tmp_path: Path, log: LogSettings) -> AsyncIterator[Ready
         async with open_nats_admin(server.url) as admin:
             await admin.create_stream(log.stream, [f"{log.remote_prefix}.>"])
         ready = dataclasses.replace(log, port=server.port, uplink_proxy_port=free_port())
-        yield ready, log.remote_prefix, f'stream = "{log.stream}"\n'
+        yield ready, log.remote_prefix, f'stream = "{log.stream}"\n', None
 
 
 @asynccontextmanager
@@ -97,7 +103,11 @@ async def kafka_log(tmp_path: Path, log: LogSettings) -> AsyncIterator[Ready]:
         uplink_proxy_port=server.proxy_port,
         uplink_target_port=server.proxied_port,
     )
-    yield ready, topic, ""
+
+    async def count() -> int:  # read_committed, as every consumer of the bridge's topics must
+        return len(await trio.to_thread.run_sync(read_topic, server.bootstrap, topic))
+
+    yield ready, topic, "", count
 
 
 @asynccontextmanager
@@ -107,8 +117,12 @@ async def rabbitmq_log(tmp_path: Path, log: LogSettings) -> AsyncIterator[Ready]
     async with open_stream_admin(server.port) as admin:
         await admin.create_stream(stream)
         ready = dataclasses.replace(log, port=server.port, stream=stream, uplink_proxy_port=free_port())
+
+        async def count() -> int:
+            return len(await admin.read(stream))
+
         try:
-            yield ready, log.remote_prefix, f'stream = "{stream}"\n'
+            yield ready, log.remote_prefix, f'stream = "{stream}"\n', count
         finally:
             with trio.move_on_after(10) as cleanup:
                 cleanup.shield = True
@@ -137,13 +151,14 @@ def engine_param(kind: str) -> object:
 
 async def run_fleet(
     tmp_path: Path, kind: str, isolation: str = "read_committed", bridge_extra: str = ""
-) -> RunResult:
-    """The engine's fleet file, 8 s through a real edgebus whose bridge goes through the uplink proxy."""
+) -> tuple[RunResult, int | None]:
+    """The engine's fleet file, 8 s through a real edgebus whose bridge goes through the uplink proxy.
+    Returns the run and how many entries the log then holds (None where not read)."""
     file, open_log = ENGINES[kind]
     fleet = load_fleet(FIRMWARE_SIM / "fleets" / file)
     assert fleet.log is not None and fleet.log.kind == kind
     log = dataclasses.replace(fleet.log, isolation=isolation)
-    async with open_log(tmp_path, log) as (ready, remote_prefix, extra):
+    async with open_log(tmp_path, log) as (ready, remote_prefix, extra, count):
         fleet = dataclasses.replace(fleet, log=ready)
         port = free_port()
         config = gateway_config(
@@ -156,14 +171,16 @@ async def run_fleet(
             finally:
                 gateway.kill()
                 await gateway.wait()
+        entries = None if count is None else await count()
     for summary in result.summaries:
         print(summary.as_dict())
-    return result
+    return result, entries
 
 
 @pytest.mark.parametrize("kind", [engine_param(kind) for kind in ENGINES])
 async def test_a_fleet_is_audited_from_the_cloud_log_through_uplink_cuts(tmp_path: Path, kind: str) -> None:
-    result = await run_fleet(tmp_path, kind)
+    result, entries = await run_fleet(tmp_path, kind)
+    print(f"{kind}: delivered {result.ledger.delivered}, log entries {entries}, events {result.events}")
     assert result.passed, result.violations
     # The logs hold each message once whatever its QoS (the bridge's exactly-once mechanisms), and in order.
     assert [s.duplicated for s in result.summaries] == [0] * len(result.summaries)
@@ -172,6 +189,8 @@ async def test_a_fleet_is_audited_from_the_cloud_log_through_uplink_cuts(tmp_pat
     if kind in MUTED:
         assert result.events["uplink_mutes"] >= 1
     assert result.ledger.delivered >= 50, "too little load to mean anything"
+    # The audit counted what is in the log (which also holds the wills and the commands' results).
+    assert entries is None or entries >= result.ledger.delivered
 
 
 @pytest.mark.skipif(not kafka_available(), reason="Kafka's jars are not in .cache/kafka (run scripts/test)")
@@ -179,7 +198,7 @@ async def test_the_audit_sees_the_duplicates_of_a_kafka_bridge_without_exactly_o
     """The control: the same run with the Kafka bridge's transactions off (an idempotent producer only).
     The silenced uplink loses the acknowledgements of batches Kafka stored, the bridge sends them again
     under a new producer id, and the log holds them twice: the audit must say so."""
-    result = await run_fleet(tmp_path, "kafka", bridge_extra="transactional = false\n")
+    result, _ = await run_fleet(tmp_path, "kafka", bridge_extra="transactional = false\n")
     assert result.events["uplink_mutes"] >= 1
     assert sum(s.duplicated for s in result.summaries) > 0
     assert not result.passed  # QoS 0 and QoS 2 streams duplicated
