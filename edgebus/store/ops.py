@@ -80,7 +80,7 @@ class MessageSaved(NamedTuple):
     retain: bool
     properties: bytes | None  # the MQTT 5 property block as on the wire
     expires_at: float | None  # wall clock
-    publisher: str | None
+    publisher: str | None  # NULL since issue 12: No Local is decided before a message is queued
 
     def apply(self, db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self)
