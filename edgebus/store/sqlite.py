@@ -38,6 +38,8 @@ PAGE_SIZE = 1024
 #: between two checkpoints has its pages copied once, not twice.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 
+_SESSION_COLUMNS = "client_id, protocol_level, expiry_interval, disconnected_at"
+
 #: A bridge outbox row: seq, topic, payload, qos, retain, content_type, queued_at, expires_at.
 OutboxRow = tuple[int, str, bytes, int, bool, str | None, float, float | None]
 
@@ -237,7 +239,8 @@ class Database:
                 topic, payload, qos, bool(retain), props, expires_at, publisher
             )
         for seq, cid, mid, qos, retain, sub_ids, pid, dstate in db.execute(
-            "SELECT * FROM deliveries ORDER BY seq"
+            "SELECT d.seq, s.client_id, d.message_id, d.qos, d.retain, d.subscription_ids, d.packet_id,"
+            " d.state FROM deliveries d JOIN sessions s ON s.rowid = d.session ORDER BY d.seq"
         ):
             stored = state.sessions.get(cid)
             if stored is None or mid not in state.messages:
@@ -304,12 +307,15 @@ class Database:
                 "bridge_cursor",
             ):
                 copied = 0
+                # A session keeps its rowid: its deliveries refer to it.
+                columns = "rowid, *" if table == "sessions" else "*"
+                into = f"{table} (rowid, {_SESSION_COLUMNS})" if table == "sessions" else table
                 try:
-                    rows: Iterable[tuple[Any, ...]] = old.execute(f"SELECT * FROM {table}")
+                    rows: Iterable[tuple[Any, ...]] = old.execute(f"SELECT {columns} FROM {table}")
                     with _transaction(db):
                         for row in rows:
                             marks = ", ".join("?" * len(row))
-                            db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", row)
+                            db.execute(f"INSERT OR IGNORE INTO {into} VALUES ({marks})", row)
                             copied += 1
                 except sqlite3.Error as exc:
                     log.error("store: table %s: recovered %d rows, then: %s", table, copied, exc)
