@@ -60,6 +60,7 @@ class Counters:
     connects: int = 0
     aborts: int = 0
     takeovers: int = 0
+    closed_by_broker: int = 0
     retained_set: int = 0
     errors: int = 0
     last_error: str = ""
@@ -115,7 +116,11 @@ class Traffic:
         async with trio.open_nursery() as nursery:
             connection = await self._connect(nursery, options)
             if connection is not None:
-                abort = await body(connection)
+                try:
+                    abort = await body(connection)
+                except ConnectError:  # closed by the broker: taken over by a client with the same id
+                    self.counters.closed_by_broker += 1
+                    abort = False
                 if not connection.closed.is_set():
                     await self._leave(connection, abort)
             nursery.cancel_scope.cancel()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import getpass
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from edgebus import __version__
-from edgebus.auth import (
-    PBKDF2_ITERATIONS,
-    AclError,
-    PasswordFileError,
-    read_acl_file,
-    read_password_file,
-    set_password,
-)
-from edgebus.bridge.transform import require_cbor, require_kafka, require_nats, require_redis, require_rstream
+from edgebus.auth import PBKDF2_ITERATIONS, AclError, PasswordFileError, set_password
 from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
+from edgebus.server.config_file import StartupProblems, read_config_file, startup_problems
+from edgebus.server.reload import ReloadRefused
 from edgebus.systemd import Notifier
-from edgebus.transport.listener import listener_problems
 
 if TYPE_CHECKING:
     from edgebus.server.broker import Broker
@@ -104,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _passwd(args)
     if args.command == "check-config":
         try:
-            problems = [f"{args.file}: {problem}" for problem in _startup_problems(load_config(args.file))]
+            problems = [f"{args.file}: {problem}" for problem in startup_problems(load_config(args.file))]
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -114,9 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.file}: OK")
         return 0
 
-    def read_config() -> Config:
-        """The config file with the command line's overrides; the same on start and on every reload."""
-        config = load_config(args.config) if args.config else Config()
+    def overrides(config: Config) -> Config:
+        """The command line's settings over the file's; the same on start and on every reload."""
         server = config.server
         if args.listen:
             server = dataclasses.replace(server, listen=tuple(parse_listen_address(a) for a in args.listen))
@@ -124,11 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = dataclasses.replace(server, data_dir=args.data_dir)
         if args.log_level:
             server = dataclasses.replace(server, log_level=args.log_level)
-        config = dataclasses.replace(config, server=server)
-        problems = _startup_problems(config)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return config
+        return dataclasses.replace(config, server=server)
+
+    read_config = functools.partial(read_config_file, args.config, overrides)
 
     try:
         config = read_config()
@@ -148,38 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _startup_problems(config: Config) -> list[str]:
-    """What would stop the broker: unreadable password, ACL or TLS files, a bridge's missing package."""
-    problems = listener_problems(config)
-    security = config.security
-    try:
-        if security.password_file:
-            read_password_file(security.password_file)
-        if security.acl_file:
-            read_acl_file(security.acl_file)
-    except (PasswordFileError, AclError) as exc:
-        problems.append(str(exc))
-    for bridge in config.bridge:
-        try:
-            if bridge.kind == "nats-jetstream":
-                require_nats()
-            if bridge.kind == "redis-stream":
-                require_redis()
-            if bridge.kind == "rabbitmq-stream":
-                require_rstream()
-            if bridge.kind == "kafka":
-                require_kafka()
-            if any(rule.transform == "cbor-json" for rule in bridge.topics):
-                require_cbor()
-        except RuntimeError as exc:
-            problems.append(f"bridge {bridge.name}: {exc}")
-        for key in ("cafile", "certfile", "keyfile"):
-            path = getattr(bridge, key)
-            if path and not os.access(path, os.R_OK):
-                problems.append(f"bridge {bridge.name}: {key} {path!r} cannot be read")
-    return problems
-
-
 async def serve(config: Config, read_config: Callable[[], Config] | None = None) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully (v5 clients are sent
     DISCONNECT 0x8B Server shutting down). SIGHUP reloads: ``read_config()`` (the config file again) is
@@ -189,7 +147,7 @@ async def serve(config: Config, read_config: Callable[[], Config] | None = None)
     STOPPING=1 when asked to stop."""
     from edgebus.server.broker import Broker
 
-    broker = Broker(config)
+    broker = Broker(config, read_config)
     notifier = Notifier.from_environment()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -201,7 +159,7 @@ async def serve(config: Config, read_config: Callable[[], Config] | None = None)
                         if read_config is None:
                             _reload_security(broker)
                         else:
-                            await _reload(broker, read_config)
+                            await _reload(broker)
                         notifier.ready(
                             "serving MQTT on " + ", ".join(f"{h}:{p}" for h, p in broker.addresses)
                         )
@@ -231,26 +189,20 @@ def _reload_security(broker: Broker) -> None:
         log.info("received SIGHUP: password and ACL files reloaded")
 
 
-async def _reload(broker: Broker, read_config: Callable[[], Config]) -> None:
-    """SIGHUP: the whole configuration file again. One that does not load is refused, its problems logged
-    with their file:line, and the running configuration stays."""
-    from edgebus.server.broker import ReloadRefused
-
+async def _reload(broker: Broker) -> None:
+    """SIGHUP: the whole configuration file again (`Broker.reload_from_file`, as the HTTP API's reload). One
+    that does not load is refused, its problems logged with their file:line, and the running configuration
+    stays."""
     try:
         # A small file, read once per signal: not worth a thread.
-        config = read_config()
+        report = await broker.reload_from_file()
     except ConfigError as exc:
         log.error("reload refused, the configuration stays as it was:\n%s", exc)
         return
-    except ValueError as exc:
+    except (StartupProblems, ReloadRefused) as exc:
         log.error("reload refused, the configuration stays as it was: %s", exc)
         return
-    try:
-        report = await broker.reload_config(config)
-    except ReloadRefused as exc:
-        log.error("reload refused, the configuration stays as it was: %s", exc)
-        return
-    logging.getLogger().setLevel(broker.config.server.log_level.upper())
-    log.info("received SIGHUP: configuration %s reloaded; %s", config.source or "(built-in)", report.summary)
+    source = broker.config.source or "(built-in)"
+    log.info("received SIGHUP: configuration %s reloaded; %s", source, report.summary)
     if report.needs_restart:
         log.warning("reload: needs a restart to take effect: %s", ", ".join(report.needs_restart))

@@ -119,7 +119,7 @@ def test_example_file_sets_every_schema_key() -> None:
     data = tomllib.loads(_example_with_arrays_uncommented())
     keys = [info.key for info in iter_settings()]
     # server, mqtt, queue, storage, sys, security, limits, [[listener]], [[bridge]]
-    assert len(keys) == 4 + 11 + 3 + 2 + 1 + 5 + 7 + 10 + 30
+    assert len(keys) == 4 + 11 + 3 + 2 + 1 + 5 + 7 + 14 + 30
     for key in keys:
         table: object = data
         for part in key.split("."):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import trio
 
-__all__ = ["CrossingTimeout", "LoopClosed", "LoopThread", "open_loop_thread"]
+__all__ = ["CrossingTimeout", "LoopClosed", "LoopThread", "describe", "open_loop_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ T = TypeVar("T")
 
 #: Seconds `open_loop_thread` waits for the thread to stop before it leaves it behind (a daemon thread).
 STOP_TIMEOUT_S = 5.0
+
+
+def describe(error: BaseException) -> str:
+    """An asyncio client's error for a log line or a SinkError: its type, and its text if it has one."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class CrossingTimeout(TimeoutError):

@@ -25,15 +25,16 @@ and consumer names come from edgebus.bridge.jetstream_subjects.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
 
 import nats.js.api
 import trio
 
-from edgebus.bridge.aio import CrossingTimeout, LoopThread, open_loop_thread
+from edgebus.bridge.aio import LoopThread, open_loop_thread
+from edgebus.bridge.crossing import cross_to_sink
 from edgebus.bridge.jetstream_link import CLOSE_TIMEOUT_S, LastMessage, NatsLink, describe, server_url
 from edgebus.bridge.jetstream_subjects import consumer_name, out_filters, subject_matches
 from edgebus.bridge.rules import TopicMap
@@ -53,7 +54,6 @@ __all__ = ["JetStreamSink"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: Most messages one pull request asks for (one crossing delivers them, one crossing acknowledges them).
 FETCH_BATCH = 100
@@ -115,25 +115,7 @@ class _JetStreamUplink:
         )
 
 
-async def _cross(
-    what: str,
-    loop_thread: LoopThread,
-    async_fn: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
-    timeout: float,  # noqa: ASYNC109 - LoopThread.run's bound, which also cancels the asyncio side
-) -> T:
-    """One crossing; every failure but a cancellation becomes SinkError."""
-    try:
-        return await loop_thread.run(async_fn, *args, timeout=timeout)
-    except SinkError:
-        raise
-    except CrossingTimeout:
-        raise SinkError(f"JetStream {what}: no answer within {timeout:g} s") from None
-    except Exception as error:
-        # Cancelled on the trio side while the asyncio side failed on its way out (nats-py turns its
-        # CancelledError into ConnectionClosedError on a closed connection): the cancellation wins.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        raise SinkError(f"JetStream {what} failed: {describe(error)}") from error
+_cross = functools.partial(cross_to_sink, "JetStream")
 
 
 class JetStreamSink(SinkBase):

@@ -19,6 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from edgebus.bridge.aio import describe
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, Record, SinkError
 from edgebus.config import BridgeConfig
 from edgebus.transport.tls import client_context
@@ -68,9 +69,6 @@ def _header(headers: dict[str, str] | None, name: str) -> str | None:
     return None
 
 
-def describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True, slots=True)

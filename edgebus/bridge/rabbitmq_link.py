@@ -21,6 +21,7 @@ from rstream.client import Client
 from rstream.exceptions import ServerError
 from rstream.utils import OnClosedErrorInfo
 
+from edgebus.bridge.aio import describe
 from edgebus.bridge.amqp_message import encode_message
 from edgebus.bridge.sink import Record, SinkError
 from edgebus.config import BridgeConfig
@@ -44,9 +45,6 @@ FRAME_MAX = 1024 * 1024
 DEFAULT_USER = "guest"
 
 
-def describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class StreamLink:

@@ -23,14 +23,15 @@ Out rules only: every out rule goes to the bridge's one ``stream``; the rule's r
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
 
 import trio
 
-from edgebus.bridge.aio import CrossingTimeout, LoopThread, open_loop_thread
+from edgebus.bridge.aio import LoopThread, open_loop_thread
+from edgebus.bridge.crossing import cross_to_sink
 from edgebus.bridge.rabbitmq_link import CLOSE_TIMEOUT_S, StreamLink, describe
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import BridgeIdentity, Deliver, Record, SinkBase, SinkError, Uplink
@@ -40,7 +41,6 @@ __all__ = ["RabbitStreamSink", "producer_name"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 CROSSING_MARGIN_S = 1.0
@@ -92,23 +92,7 @@ class _StreamUplink:
         )
 
 
-async def _cross(
-    what: str,
-    loop_thread: LoopThread,
-    async_fn: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
-    timeout: float,  # noqa: ASYNC109 - LoopThread.run's bound, which also cancels the asyncio side
-) -> T:
-    """One crossing; every failure but a cancellation becomes SinkError."""
-    try:
-        return await loop_thread.run(async_fn, *args, timeout=timeout)
-    except SinkError:
-        raise
-    except CrossingTimeout:
-        raise SinkError(f"RabbitMQ stream {what}: no answer within {timeout:g} s") from None
-    except Exception as error:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        raise SinkError(f"RabbitMQ stream {what} failed: {describe(error)}") from error
+_cross = functools.partial(cross_to_sink, "RabbitMQ stream")
 
 
 class RabbitStreamSink(SinkBase):

@@ -19,6 +19,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from edgebus.bridge.aio import describe
 from edgebus.bridge.sink import SinkError
 from edgebus.config import BridgeConfig
 
@@ -65,9 +66,6 @@ return {added, duplicates}
 """
 
 
-def describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,15 +22,16 @@ entry id's millisecond part is the epoch's start on the stream, not the message'
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
 
 import trio
 
-from edgebus.bridge.aio import CrossingTimeout, LoopThread, open_loop_thread
+from edgebus.bridge.aio import LoopThread, open_loop_thread
+from edgebus.bridge.crossing import cross_to_sink
 from edgebus.bridge.redis_link import CLOSE_TIMEOUT_S, LastEntry, RedisLink, describe
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import (
@@ -48,7 +49,6 @@ __all__ = ["RedisStreamSink", "default_stream", "entry_arguments", "split_entry_
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 CROSSING_MARGIN_S = 1.0
@@ -126,23 +126,7 @@ class _RedisUplink:
             log.info("Redis stream %r already held %d of %d records", sink.stream, duplicates, len(records))
 
 
-async def _cross(
-    what: str,
-    loop_thread: LoopThread,
-    async_fn: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
-    timeout: float,  # noqa: ASYNC109 - LoopThread.run's bound, which also cancels the asyncio side
-) -> T:
-    """One crossing; every failure but a cancellation becomes SinkError."""
-    try:
-        return await loop_thread.run(async_fn, *args, timeout=timeout)
-    except SinkError:
-        raise
-    except CrossingTimeout:
-        raise SinkError(f"Redis {what}: no answer within {timeout:g} s") from None
-    except Exception as error:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        raise SinkError(f"Redis {what} failed: {describe(error)}") from error
+_cross = functools.partial(cross_to_sink, "Redis")
 
 
 class RedisStreamSink(SinkBase):

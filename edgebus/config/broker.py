@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
@@ -14,6 +15,7 @@ from edgebus.config.schema import (
     NumberRange,
     OneOf,
     Text,
+    TextList,
     section,
     section_array,
     setting,
@@ -155,19 +157,29 @@ class LimitsConfig:
     max_byte_rate: float = setting(0.0, NumberRange(0, 1e12), "bytes per second a client may send; 0 = none")
 
 
-ListenerType = Literal["tcp", "tls", "ws", "wss"]
+ListenerType = Literal["tcp", "tls", "ws", "wss", "http", "https"]
+#: The address of a [[listener]] that names none. An http / https listener without an address binds to
+#: loopback instead (`ListenerConfig.bind_address`): the API must be opened to the network on purpose.
+DEFAULT_LISTENER_ADDRESS: Final = ListenAddress("0.0.0.0", 8883)
+HTTP_DEFAULT_ADDRESSES: Final = {
+    "http": ListenAddress("127.0.0.1", 8080),
+    "https": ListenAddress("127.0.0.1", 8443),
+}
 TlsVersion = Literal["1.2", "1.3"]
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """[[listener]]: a listener besides server.listen: plain TCP, TLS, WebSocket or WebSocket over TLS."""
+    """[[listener]]: a listener besides server.listen: plain TCP, TLS, WebSocket or WebSocket over TLS, or
+    the HTTP API, metrics and status page (http, https)."""
 
     type: ListenerType = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
         "tcp", OneOf(get_args(ListenerType)), "what the listener speaks"
     )
     address: ListenAddress = setting(  # noqa: RUF009 - dataclasses.field() with an immutable default
-        ListenAddress("0.0.0.0", 8883), OneListenAddress(), '"HOST:PORT" to listen on, IPv6 as "[::1]:8883"'
+        DEFAULT_LISTENER_ADDRESS,
+        OneListenAddress(),
+        '"HOST:PORT" to listen on, IPv6 as "[::1]:8883"; http / https default to 127.0.0.1:8080 / :8443',
     )
     certfile: str = setting("", Text(allow_empty=True), "PEM certificate chain of the server (tls, wss)")
     keyfile: str = setting("", Text(allow_empty=True), "PEM private key of the server (tls, wss)")
@@ -183,6 +195,49 @@ class ListenerConfig:
     )
     max_connections: int = setting(0, IntRange(0, 10_000_000), "most connections on this listener; 0 = none")
     path: str = setting("/mqtt", Text(), "HTTP path of the WebSocket endpoint (ws, wss)")
+    # --- http, https: who may read (GET) and who may act (POST, DELETE) ---------------------------------
+    allow_anonymous: bool = setting(
+        False, Boolean(), "(http, https) serve GET requests without credentials, as a read-only user"
+    )
+    admins: tuple[str, ...] = setting(
+        (), TextList(), "(http, https) users who may act (disconnect, delete, reload); the others only read"
+    )
+    token_file: str = setting(
+        "", Text(allow_empty=True), "(http, https) bearer tokens, NAME:TOKEN per line; '' = none"
+    )
+    credentials_over_http: bool = setting(
+        False,
+        Boolean(),
+        "(http) accept passwords and tokens in clear text; only on a loopback address",
+    )
+
+    @property
+    def bind_address(self) -> ListenAddress:
+        """Where the listener binds: ``address``, or loopback for an http / https listener given none."""
+        if self.address is DEFAULT_LISTENER_ADDRESS and self.type in HTTP_DEFAULT_ADDRESSES:
+            return HTTP_DEFAULT_ADDRESSES[self.type]
+        return self.address
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if self.type not in ("http", "https") and (
+            self.allow_anonymous or self.admins or self.token_file or self.credentials_over_http
+        ):
+            found.append(
+                ("type", "allow_anonymous, admins, token_file and credentials_over_http need http/https")
+            )
+        if self.credentials_over_http and (self.type != "http" or not _is_loopback(self.bind_address.host)):
+            found.append(("credentials_over_http", "only for an http listener on a loopback address"))
+        return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

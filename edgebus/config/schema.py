@@ -193,6 +193,22 @@ class Text(Check):
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class TextList(Check):
+    """An array of non-empty strings, converted to a tuple."""
+
+    def expected(self) -> str:
+        return "an array of non-empty strings"
+
+    def convert(self, value: object) -> object:
+        if not isinstance(value, list):
+            raise self.fail(value)
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise Invalid(f"must be a non-empty string, got {show(item)}", (index,))
+        return tuple(value)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Schema entries, attached to dataclass fields. A section is a dataclass whose fields are `setting(...)`s;
 # the root `Config` is a dataclass whose fields are `section(...)`s / `section_array(...)`s. The loader only

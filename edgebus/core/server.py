@@ -3,8 +3,7 @@
 Bytes and a clock go in; events for the broker (edgebus.core.server_events) and bytes to write come out:
 packet ids, QoS 1/2 flows both ways, receive maximum, topic aliases (applied by edgebus.core.flows),
 keep-alive. It journals what the flows report and holds a reply until the store committed what it
-promises. Nothing here awaits or imports trio, sockets or the store (a test walks the imports).
-"""
+promises. Nothing here awaits or imports trio, sockets or the store (a test walks the imports)."""
 
 from __future__ import annotations
 
@@ -212,6 +211,7 @@ class Connection:
         stats = self.stats
         stats.messages_received += 1
         qos = packet.qos
+        stats.received_by_qos[qos & 3] += 1
         props = packet.properties
         topic = packet.topic
         if qos > self.limits.max_qos:
@@ -470,6 +470,8 @@ class Connection:
                 if journal is not None:
                     journal.delivery_finished(session, delivery)
                 continue
+            stats.messages_sent += 1  # now, or once held back below
+            stats.sent_by_qos[qos] += 1
             if qos:
                 inflight.send(pid, Inflight(delivery, FlowState.QUEUED), qos)
                 # A QoS 2 PUBLISH goes out only once its packet id is on disk: resent after a crash
@@ -479,10 +481,8 @@ class Connection:
                     and delivery.store_seq
                     and self._held_back(data, journal.delivery_sent(session, delivery, pid))
                 ):
-                    stats.messages_sent += 1
                     continue
             out.append(data)
-            stats.messages_sent += 1
             size += len(data)
             if size >= limit_bytes:
                 break

@@ -7,7 +7,7 @@ import logging
 import secrets
 import socket
 import ssl
-from collections.abc import ValuesView
+from collections.abc import Callable, ValuesView
 
 import trio
 
@@ -37,16 +37,19 @@ from edgebus.core.server_events import (
 )
 from edgebus.core.session import Session, SubscriptionOptions
 from edgebus.core.stats import Stats
+from edgebus.http.service import HttpService
+from edgebus.http.view import ListenerInfo
 from edgebus.protocol.enums import ReasonCode
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Connect
 from edgebus.server.admission import Admission
 from edgebus.server.bridges import BridgeSet
 from edgebus.server.commits import Commits
+from edgebus.server.config_file import reread
 from edgebus.server.connection import ClientConnection, Connections
 from edgebus.server.fanout import Fanout
 from edgebus.server.listeners import ListenerSet
-from edgebus.server.reload import ReloadReport, changed_keys, running_config
+from edgebus.server.reload import ReloadRefused, ReloadReport, changed_keys, running_config
 from edgebus.server.sessions import Sessions
 from edgebus.server.subscriptions import Subscriptions
 from edgebus.server.sys_topics import SysTopics
@@ -60,21 +63,18 @@ log = logging.getLogger("edgebus.server.broker")
 SHUTDOWN_GRACE_S = 3.0
 
 
-class ReloadRefused(Exception):
-    """`Broker.reload_config` changed nothing: part of the new configuration cannot be used. ``problems``
-    says what, one line each (``str(error)`` joins them)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 class Broker:
     """An MQTT 3.1.1 and 5.0 broker. ``await nursery.start(broker.serve)`` returns the bound
     addresses; `shutdown` ends it gracefully."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(
+        self, config: Config | None = None, read_config: Callable[[], Config] | None = None
+    ) -> None:
         self.config = config = config or Config()
+        #: What a reload applies (SIGHUP, the HTTP API): the command line's reader of the config file, or
+        #: the file the running configuration came from (`reread`). Raises ConfigError / StartupProblems.
+        self.read_config = read_config or (lambda: reread(self.config))
+        self._owns_logging = read_config is not None  # `edgebus serve`: server.log_level is the process's
         mqtt = config.mqtt
         self.limits = _connection_limits(mqtt)
         self.features = _server_features(mqtt)
@@ -125,7 +125,8 @@ class Broker:
         )
         self._shutdown_requested = trio.Event()
         self._listen_scope = trio.CancelScope()
-        self.listener_set = ListenerSet()
+        self.http = HttpService(self)  # the API, metrics and status page of http / https listeners
+        self.listener_set = ListenerSet(self.http)
         self._reload_lock = trio.Lock()
 
     # --- what tests and operators look at ---------------------------------------------------------
@@ -164,7 +165,7 @@ class Broker:
         a removed one's is kept for a bridge of that name configured later). Not applied, listed in the
         report's ``needs_restart``: server.data_dir, server.gateway_id, storage.durability. server.log_level
         is the caller's (the process's logging). Raises ReloadRefused, with nothing changed, when a
-        password, ACL or TLS file cannot be used or a bridge cannot be built (a missing package)."""
+        password, ACL, TLS or token file cannot be used or a bridge cannot be built (a missing package)."""
         async with self._reload_lock:
             config, needs_restart = running_config(self.config, new_config)
             report = ReloadReport(new_config.source, changed_keys(self.config, config), needs_restart)
@@ -175,11 +176,12 @@ class Broker:
                 raise ReloadRefused([f"listener: {exc}"]) from None
             try:
                 bridge_plan = self.bridge_set.plan(config.bridge)
-            except RuntimeError as exc:
-                raise ReloadRefused([f"bridge: {exc}"]) from None
-            try:
                 self.admission.reload_security(config)
+            except RuntimeError as exc:
+                self.listener_set.discard(listener_plan)
+                raise ReloadRefused([f"bridge: {exc}"]) from None
             except (PasswordFileError, AclError) as exc:
+                self.listener_set.discard(listener_plan)
                 raise ReloadRefused([str(exc)]) from None
             self.config = config
             self._apply_settings(config)
@@ -189,6 +191,16 @@ class Broker:
             report.changed += bridge_plan.changes + changes
             report.errors += errors
             return report
+
+    async def reload_from_file(self) -> ReloadReport:
+        """`reload_config` with the configuration file re-read and checked as at start (`read_config`):
+        what SIGHUP and the HTTP API's reload do (under `edgebus serve`, server.log_level too). Raises
+        ConfigError (file:line) or StartupProblems when the file cannot be used, ReloadRefused as
+        `reload_config`; nothing has changed then."""
+        report = await self.reload_config(self.read_config())
+        if self._owns_logging:
+            logging.getLogger().setLevel(self.config.server.log_level.upper())
+        return report
 
     def _apply_settings(self, config: Config) -> None:
         """[mqtt], [queue], [limits], [storage] max_bytes and [sys]: to the parts that hold them. Each open
@@ -220,6 +232,18 @@ class Broker:
         """The $SYS topics and their current values."""
         return self.sys_topics.values()
 
+    def uptime_seconds(self) -> float:
+        return self.sys_topics.uptime_seconds()
+
+    def password_entries(self) -> dict[str, str] | None:
+        """The password file's entries as last read (at start, SIGHUP); None without a password file."""
+        auth = self.admission.auth
+        return auth.passwords if auth is not None else None
+
+    def listener_info(self) -> list[ListenerInfo]:
+        """Each running listener's open and refused connections, server.listen first."""
+        return self.listener_set.info()
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def serve(
@@ -250,6 +274,7 @@ class Broker:
                     root.start_soon(self.store.commit_forever, self.commits.on_commit)
                 root.start_soon(self.sys_topics.publish_forever)
                 self.bridge_set.start_all(root)
+                root.start_soon(self.http.sample_forever)
                 root.start_soon(connections.flush_forever)
                 async with trio.open_nursery() as tasks:
                     connections.start_writers_in(tasks)  # the connections' tasks end with this nursery

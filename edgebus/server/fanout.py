@@ -129,6 +129,16 @@ class Fanout:
             return ReasonCode.QUOTA_EXCEEDED, wait
         return ReasonCode.SUCCESS, wait
 
+    def clear_retained(self, topic: str) -> bool:
+        """Remove a retained message on an operator's request (HTTP API): nothing is delivered, unlike an
+        empty retained PUBLISH. False if the topic holds none."""
+        if self.retained.get(topic) is None:
+            return False
+        self.retained.clear(topic)
+        if self.journal is not None and not topic.startswith("$SYS"):
+            self.journal.retained_cleared(topic)
+        return True
+
     def offer(self, session: Session, delivery: Delivery) -> int:
         """Queue one delivery for a session: the store batch that holds it (0: not stored), or -1
         when its queue refused it."""

@@ -16,6 +16,15 @@ RESTART_ONLY = ("server.data_dir", "server.gateway_id", "storage.durability")
 SECTIONS = ("server", "mqtt", "queue", "storage", "sys", "security", "limits")
 
 
+class ReloadRefused(Exception):
+    """`Broker.reload_config` changed nothing: part of the new configuration cannot be used. ``problems``
+    says what, one line each (``str(error)`` joins them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 @dataclass
 class ReloadReport:
     """What a reload found and did. ``changed``: dotted keys / items that differ (``bridge cloud: changed``,

@@ -29,6 +29,9 @@ class SysTopics:
         self.stats = stats
         self.started_at = time.monotonic()
 
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_at
+
     def values(self) -> dict[str, str]:
         """The $SYS topics and their current values."""
         stats = self.stats

@@ -85,6 +85,9 @@ class StoreJournal:
             # Most messages have neither properties nor an expiry: no call for those (the hot path).
             props = message.properties
             deadline = message.expiry_deadline
+            # No publisher: it only decides No Local [MQTT-3.8.3-3] while the message is routed, which
+            # is over once it is queued; and each byte of the row reaches the disk about four times
+            # (log, checkpoint, and both again when it is delivered) (issue 12).
             store.append(
                 MessageSaved,
                 mid,
@@ -94,7 +97,7 @@ class StoreJournal:
                 message.retain,
                 None if props is NO_PROPERTIES else property_block(props),
                 None if deadline is None else wall_time(deadline),
-                message.publisher_id,
+                None,
             )
         message.store_refs += 1
         delivery.store_seq = seq = next(store.delivery_seqs)

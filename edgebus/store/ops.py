@@ -24,8 +24,13 @@ class SessionSaved(NamedTuple):
 
     def apply(self, db: sqlite3.Connection) -> None:
         # disconnected_at NULL: saved on CONNECT, or on a DISCONNECT that changes the expiry (the
-        # connection's loss then records the time with SessionAway).
-        db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, NULL)", self)
+        # connection's loss then records the time with SessionAway). An upsert, not a replace: the
+        # row keeps its rowid, which its deliveries refer to.
+        db.execute(
+            "INSERT INTO sessions VALUES (?1, ?2, ?3, NULL) ON CONFLICT (client_id) DO UPDATE"
+            " SET protocol_level = ?2, expiry_interval = ?3, disconnected_at = NULL",
+            self,
+        )
 
 
 class SessionAway(NamedTuple):
@@ -43,7 +48,9 @@ class SessionGone(NamedTuple):
 
     def apply(self, db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM subscriptions WHERE client_id = ?", self)
-        db.execute("DELETE FROM deliveries WHERE client_id = ?", self)
+        db.execute(
+            "DELETE FROM deliveries WHERE session = (SELECT rowid FROM sessions WHERE client_id = ?)", self
+        )
         db.execute("DELETE FROM inbound_qos2 WHERE client_id = ?", self)
         db.execute("DELETE FROM sessions WHERE client_id = ?", self)
 
@@ -80,7 +87,7 @@ class MessageSaved(NamedTuple):
     retain: bool
     properties: bytes | None  # the MQTT 5 property block as on the wire
     expires_at: float | None  # wall clock
-    publisher: str | None
+    publisher: str | None  # NULL since issue 12: No Local is decided before a message is queued
 
     def apply(self, db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self)
@@ -102,7 +109,12 @@ class DeliveryQueued(NamedTuple):
     subscription_ids: str  # comma-separated
 
     def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, NULL, 0)", self)
+        # The session by its rowid: a few bytes instead of the client id, in every queued row.
+        db.execute(
+            "INSERT INTO deliveries VALUES (?1, (SELECT rowid FROM sessions WHERE client_id = ?2),"
+            " ?3, ?4, ?5, ?6, NULL, 0)",
+            self,
+        )
 
 
 class DeliveryState(NamedTuple):

@@ -1,5 +1,5 @@
-"""Extra listeners ([[listener]]: tcp, tls, ws, wss): each one's sockets, how its connections are wrapped
-(TLS, WebSocket), its TLS context and its connection count."""
+"""Extra listeners ([[listener]]: tcp, tls, ws, wss, and the HTTP API's http, https): each one's sockets,
+how its connections are wrapped (TLS, WebSocket), its TLS context and its connection count."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ from edgebus.transport.websocket import WebSocketStream
 log = logging.getLogger("edgebus.transport")
 
 StreamHandler = Callable[[ClientStream], Awaitable[None]]
+#: Listener types whose connections are TLS.
+TLS_TYPES = ("tls", "wss", "https")
+#: Listener types that serve the HTTP API rather than MQTT.
+HTTP_TYPES = ("http", "https")
 
 
 def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
@@ -39,12 +43,16 @@ def listener_problems(config: Config) -> list[str]:
     """What would stop the [[listener]] entries from starting (missing or unreadable TLS files)."""
     problems: list[str] = []
     for index, listener in enumerate(config.listener):
-        where = f"listener[{index}] ({listener.type} {listener.address})"
-        if listener.type in ("tls", "wss"):
+        where = f"listener[{index}] ({listener.type} {listener.bind_address})"
+        if listener.type in TLS_TYPES:
             try:
                 make_ssl_context(listener)
             except (OSError, ssl.SSLError, ValueError) as error:
                 problems.append(f"{where}: {error}")
+            if listener.type == "https" and listener.use_identity_as_username:
+                problems.append(f"{where}: use_identity_as_username is for MQTT listeners")
+        elif listener.type == "http" and (listener.cafile or listener.require_certificate):
+            problems.append(f"{where}: cafile and require_certificate need https")
         elif listener.cafile or listener.require_certificate or listener.use_identity_as_username:
             problems.append(
                 f"{where}: cafile, require_certificate and use_identity_as_username need tls or wss"
@@ -58,13 +66,14 @@ class Listener:
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
-        self.ssl_context = make_ssl_context(config) if config.type in ("tls", "wss") else None
+        self.ssl_context = make_ssl_context(config) if config.type in TLS_TYPES else None
         self.sockets: list[socket.socket] = []
         self.connections = 0
         self.refused = 0
 
     def open(self) -> None:
-        self.sockets = open_listening_sockets(self.config.address.host, self.config.address.port)
+        address = self.config.bind_address
+        self.sockets = open_listening_sockets(address.host, address.port)
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -94,7 +103,9 @@ class Listener:
         limit = self.config.max_connections
         if limit and self.connections >= limit:
             self.refused += 1
-            log.debug("%s: listener %s is full (%d connections)", stream.remote, self.config.address, limit)
+            log.debug(
+                "%s: listener %s is full (%d connections)", stream.remote, self.config.bind_address, limit
+            )
             stream.force_close()
             return
         # Counted until the socket closes, not until the handler returns: an established connection

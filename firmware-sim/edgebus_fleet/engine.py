@@ -205,6 +205,7 @@ class Engine:
             "broker_restarts": 0,
             "bursts": 0,
             "uplink_flaps": 0,
+            "uplink_mutes": 0,
             "dropped_by_proxy": 0,
             "duplicated_by_proxy": 0,
         }
@@ -267,7 +268,8 @@ class Engine:
                         self.backend_target = ("127.0.0.1", fault_port)
                     log = fleet.log
                     if log is not None and log.uplink_proxy_port:
-                        self.uplink_proxy = ChaosProxy(log.host, log.port, log.uplink_proxy_port)
+                        target = log.uplink_target_port or log.port
+                        self.uplink_proxy = ChaosProxy(log.host, target, log.uplink_proxy_port)
                         await services.start(self.uplink_proxy.serve)
                     await self._run_fleet(connections)
                     connections.cancel_scope.cancel()
@@ -504,6 +506,7 @@ class Engine:
         schedule("restart", interval=chaos.broker_restart_interval)
         schedule("burst", interval=chaos.burst_interval)
         schedule("uplink_flap", interval=chaos.uplink_flap_interval)
+        schedule("uplink_mute", interval=chaos.uplink_mute_interval)
         while self.publishing and next_at:
             kind, when = min(next_at.items(), key=lambda item: item[1])
             await trio.sleep_until(when)
@@ -541,6 +544,11 @@ class Engine:
                     self.uplink_proxy.flap(chaos.uplink_flap_duration)
                     self.events["uplink_flaps"] += 1
                 schedule(kind, interval=chaos.uplink_flap_interval)
+            elif kind == "uplink_mute":
+                if self.uplink_proxy is not None:
+                    self.uplink_proxy.mute(chaos.uplink_mute_duration)
+                    self.events["uplink_mutes"] += 1
+                schedule(kind, interval=chaos.uplink_mute_interval)
             elif kind == "burst":
                 chosen = [d for d in online if rng.random() < chaos.burst_fraction]
                 for device in chosen:

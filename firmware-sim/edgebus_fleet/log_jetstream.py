@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import nats
-import nats.errors
 import nats.js.api
 
 from edgebus.bridge.aio import LoopThread
@@ -47,7 +46,7 @@ class JetStreamReader:
     async def _read(self) -> list[tuple[str, bytes]]:
         try:
             messages = await self._pull.fetch(BATCH, timeout=WAIT_S)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, or the bare asyncio one fetch() also raises
             return []
         prefix = self.settings.remote_prefix.rstrip(".")
         found = []

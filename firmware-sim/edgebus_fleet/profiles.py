@@ -173,6 +173,10 @@ class ChaosSettings:
     overwrite_retained: int = 0  # after the run, this many retained state topics get a foreign value
     uplink_flap_interval: float = 0.0  # [log] uplink_proxy: cut the gateway's uplink every this many s
     uplink_flap_duration: float = 1.0
+    # The uplink goes silent every this many s: the log still gets the gateway's packets, its answers (the
+    # acknowledgements) are dropped, as on a link that dies without FIN or RST.
+    uplink_mute_interval: float = 0.0
+    uplink_mute_duration: float = 1.0
 
     @property
     def needs_proxy(self) -> bool:
@@ -192,6 +196,7 @@ class ChaosSettings:
                 self.drop_wills,
                 self.overwrite_retained,
                 self.uplink_flap_interval,
+                self.uplink_mute_interval,
             )
         )
 
@@ -404,6 +409,8 @@ FLEET_SCHEMA = Table(
                 "overwrite_retained": IntRange(0, 1_000_000),
                 "uplink_flap_interval": NumberRange(0.0, 86_400.0),
                 "uplink_flap_duration": NumberRange(0.0, 600.0),
+                "uplink_mute_interval": NumberRange(0.0, 86_400.0),
+                "uplink_mute_duration": NumberRange(0.0, 600.0),
             }
         ),
         "log": Table(
@@ -413,6 +420,8 @@ FLEET_SCHEMA = Table(
                 "stream": Text(),
                 "remote_prefix": Text(allow_empty=True),
                 "uplink_proxy": OneListenAddress(),
+                "uplink_target": OneListenAddress(),
+                "isolation": OneOf(("read_committed", "read_uncommitted")),
             },
             required=frozenset({"kind", "address", "stream"}),
         ),
@@ -710,10 +719,16 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
             ("chaos", "uplink_flap_duration"),
             f"must be shorter than uplink_flap_interval ({chaos.uplink_flap_interval:g} s)",
         )
+    if chaos.uplink_mute_interval and chaos.uplink_mute_duration >= chaos.uplink_mute_interval:
+        v.report(
+            ("chaos", "uplink_mute_duration"),
+            f"must be shorter than uplink_mute_interval ({chaos.uplink_mute_interval:g} s)",
+        )
     log_raw = doc.get("log")
     log_settings = None
     if log_raw is not None:
         proxy = log_raw.get("uplink_proxy")
+        target = log_raw.get("uplink_target")
         log_settings = LogSettings(
             kind=log_raw["kind"],
             host=log_raw["address"].host,
@@ -721,9 +736,13 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
             stream=log_raw["stream"],
             remote_prefix=log_raw.get("remote_prefix", ""),
             uplink_proxy_port=proxy.port if proxy is not None else 0,
+            uplink_target_port=target.port if target is not None else 0,
+            isolation=log_raw.get("isolation", "read_committed"),
         )
     if chaos.uplink_flap_interval and (log_settings is None or not log_settings.uplink_proxy_port):
         v.report(("chaos", "uplink_flap_interval"), "needs [log] uplink_proxy (the proxy it cuts)")
+    if chaos.uplink_mute_interval and (log_settings is None or not log_settings.uplink_proxy_port):
+        v.report(("chaos", "uplink_mute_interval"), "needs [log] uplink_proxy (the proxy it silences)")
     v.problems.extend(errors)
     v.raise_if_problems()
     return Fleet(

@@ -18,7 +18,7 @@ from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.kafka_upstream import KafkaServer, shared_kafka
 from tests.bridge.outage_logs import FAST_LINK, FAST_LINK_TOML, GATEWAY
 
-__all__ = ["KafkaLog", "StoredRecord", "kafka_log", "read_topic"]
+__all__ = ["KafkaLog", "StoredRecord", "create_topic", "kafka_log", "read_topic"]
 
 _topics = itertools.count(1)
 
@@ -134,7 +134,7 @@ class KafkaLog:
         await self.server.restart()
 
 
-def _create_topic(server: KafkaServer, topic: str) -> None:
+def create_topic(server: KafkaServer, topic: str) -> None:
     from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": server.bootstrap, "log_level": 2})
@@ -147,5 +147,5 @@ async def kafka_log(tmp_path: Path, transactional: bool = True) -> AsyncIterator
     the test (a JVM starts in seconds)."""
     server = await trio.to_thread.run_sync(shared_kafka)
     topic = f"log-{GATEWAY}-{time.time_ns() % 10**9}-{next(_topics)}"
-    await trio.to_thread.run_sync(_create_topic, server, topic)
+    await trio.to_thread.run_sync(create_topic, server, topic)
     yield KafkaLog(server, topic, transactional=transactional)

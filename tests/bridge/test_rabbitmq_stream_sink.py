@@ -22,8 +22,8 @@ from edgebus.bridge.amqp_message import MQTT_RETAIN_PROPERTY, MQTT_TOPIC_PROPERT
 from edgebus.bridge.rabbitmq_stream import RabbitStreamSink, producer_name
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import MESSAGE_ID_PROPERTY, BridgeIdentity, InboundMessage, Record, SinkError
-from edgebus.cli import _startup_problems
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress, parse_config
+from edgebus.server.config_file import startup_problems
 from tests.bridge.rabbitmq_upstream import RabbitServer, StreamAdmin, open_stream_admin, shared_rabbitmq
 from tests.processes import free_port
 from tests.test_config import BRIDGE, parse_error
@@ -212,6 +212,6 @@ def test_config_needs_a_stream_and_allows_out_rules_only() -> None:
 def test_startup_names_the_extra_when_rstream_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse_config(BRIDGE + 'kind = "rabbitmq-stream"\nstream = "s"\ntopics = [{ pattern = "#" }]\n')
     monkeypatch.setitem(sys.modules, "rstream", None)  # import rstream now raises ImportError
-    assert _startup_problems(config) == [
+    assert startup_problems(config) == [
         'bridge cloud: a rabbitmq-stream bridge needs rstream: pip install "edgebus[rabbitmq]"'
     ]

@@ -96,3 +96,34 @@ def test_fleet_reports_errors_inside_its_profiles(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_fleet(fleet)
     assert caught.value.source == str(profile) and caught.value.line == 7
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (
+            '[log]\nkind = "kafka"\naddress = "127.0.0.1:9092"\nstream = "t"\nisolation = "dirty"\n',
+            ':8: log.isolation: must be one of "read_committed", "read_uncommitted", got "dirty"',
+        ),
+        (
+            '[log]\nkind = "kafka"\naddress = "127.0.0.1:9092"\nstream = "t"\nuplink_target = "nowhere"\n',
+            ":8: log.uplink_target:",
+        ),
+        (
+            '[log]\nkind = "rabbitmq-stream"\naddress = "127.0.0.1:5552"\nstream = "t"\n'
+            "[chaos]\nuplink_mute_interval = 5.0\n",
+            ":9: chaos.uplink_mute_interval: needs [log] uplink_proxy",
+        ),
+        (
+            '[log]\nkind = "kafka"\naddress = "127.0.0.1:9092"\nstream = "t"\nuplink_proxy = "127.0.0.1:1"\n'
+            "[chaos]\nuplink_mute_interval = 2.0\nuplink_mute_duration = 2.0\n",
+            ":11: chaos.uplink_mute_duration: must be shorter than uplink_mute_interval (2 s)",
+        ),
+    ],
+)
+def test_bad_cloud_log_settings_name_file_line_and_key(tmp_path: Path, tail: str, expected: str) -> None:
+    profile = write(tmp_path, "probe.toml", GOOD)
+    fleet = write(tmp_path, "f.toml", f'[[group]]\nprofile = "{profile.name}"\ncount = 1\n{tail}')
+    with pytest.raises(ConfigError) as caught:
+        load_fleet(fleet)
+    assert str(caught.value).startswith(f"{fleet}{expected}"), str(caught.value)

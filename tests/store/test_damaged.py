@@ -11,7 +11,15 @@ import pytest
 
 from edgebus.protocol import MQTT_5, Publish
 from edgebus.store import DB_NAME, Store
-from edgebus.store.ops import RetainedSet, SessionSaved, SubscriptionSaved
+from edgebus.store.ops import (
+    DeliveryQueued,
+    MessageSaved,
+    RetainedSet,
+    SessionGone,
+    SessionSaved,
+    SubscriptionSaved,
+)
+from edgebus.store.sqlite import Database
 from tests.clients import PEER, RawClient, Sub
 from tests.conftest import StartBroker
 
@@ -129,3 +137,30 @@ async def test_unreadable_rows_are_dropped_and_the_rest_restored(
     assert await _retained_topics(broker.host, broker.port) == {"fine"}
     for client in (good, bad):
         await client.aclose()
+
+
+def test_salvaged_sessions_keep_their_queues(tmp_path: Path) -> None:
+    # A delivery names its session by the session row's rowid (schema 4): the rows carried over from a
+    # damaged store keep their rowids, or a queue would end up with no session, or with another's.
+    damaged = Database(tmp_path / "damaged")
+    damaged.load()
+    damaged.apply(
+        [
+            SessionSaved("left", MQTT_5, 60),
+            SessionSaved("stays", MQTT_5, 60),
+            MessageSaved(1, "a/b", b"x", 1, False, None, None, None),
+            DeliveryQueued(1, "stays", 1, 1, False, ""),
+            SessionGone("left"),  # "stays" keeps rowid 2; copied without it, it would get 1
+        ]
+    )
+    damaged.close(clean=True)
+    fresh = Database(tmp_path / "fresh")
+    fresh.data_dir.mkdir()
+    fresh._open(create=True)
+    try:
+        fresh._salvage(damaged.path)
+        state = fresh._read()
+    finally:
+        fresh.close(clean=True)
+    assert list(state.sessions) == ["stays"]
+    assert state.sessions["stays"].deliveries == [(1, 1, 1, False, (), None, 0)]

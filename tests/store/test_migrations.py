@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgebus.store import DB_NAME, Store
+from edgebus.store.ops import DeliveryQueued, MessageSaved, SessionSaved
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 
@@ -62,6 +63,60 @@ def test_a_version_2_outbox_row_keeps_its_data_and_never_expires(tmp_path: Path)
     assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None)]}
     assert state.bridge_cursors == {"cloud": 6}
     assert state.epoch == epoch  # the epoch survives: ids already upstream stay ours
+
+
+def test_a_version_3_queue_keeps_its_deliveries_named_by_session_row(tmp_path: Path) -> None:
+    # Version 4 names a delivery's session by the session row's rowid instead of its client id; a
+    # queued and an in-flight delivery come back in order, one left without a session is dropped.
+    path = _old_store(tmp_path / "data", 3)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO sessions VALUES ('other', 4, 60, NULL)")
+    db.execute("INSERT INTO sessions VALUES ('dev-1', 5, 3600, 12.5)")
+    db.execute("INSERT INTO messages VALUES (1, 'a/b', x'01', 1, 0, NULL, NULL, 'pub')")
+    db.execute("INSERT INTO messages VALUES (2, 'a/c', x'02', 2, 1, NULL, NULL, NULL)")
+    db.execute("INSERT INTO deliveries VALUES (4, 'dev-1', 2, 2, 1, '3,7', NULL, 0)")
+    db.execute("INSERT INTO deliveries VALUES (3, 'dev-1', 1, 1, 0, '', 9, 1)")
+    db.execute("INSERT INTO deliveries VALUES (5, 'gone', 1, 1, 0, '', NULL, 0)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "data")
+    state = store.load()
+    try:
+        assert state.sessions["dev-1"].deliveries == [
+            (3, 1, 1, False, (), 9, 1),
+            (4, 2, 2, True, (3, 7), None, 0),
+        ]
+        assert state.sessions["other"].deliveries == []
+        assert state.next_delivery_seq == 6
+        # Written from now on by session row too, and gone with its session.
+        store.journal.session_gone_by_id("dev-1")
+        store.finish()
+    finally:
+        store.close()
+    store = Store(tmp_path / "data")
+    state = store.load()
+    store.close(clean=True)
+    assert list(state.sessions) == ["other"]
+
+
+def test_a_session_saved_again_keeps_its_queue(tmp_path: Path) -> None:
+    # A client that reconnects saves its session again (a new protocol level or expiry): its queued
+    # deliveries, which name the session row, stay with it [MQTT-3.1.2-4].
+    store = Store(tmp_path)
+    store.load()
+    store.append(SessionSaved, "dev-1", 4, 3600)
+    store.append(MessageSaved, 1, "a/b", b"x", 1, False, None, None, None)
+    store.append(DeliveryQueued, 1, "dev-1", 1, 1, False, "")
+    store.finish()
+    store = Store(tmp_path)
+    store.load()
+    store.append(SessionSaved, "dev-1", 5, 7200)
+    store.finish()
+    store = Store(tmp_path)
+    state = store.load()
+    store.close(clean=True)
+    assert state.sessions["dev-1"].expiry_interval == 7200
+    assert state.sessions["dev-1"].deliveries == [(1, 1, 1, False, (), None, 0)]
 
 
 def test_a_new_store_says_created_and_an_old_one_says_migrated(
