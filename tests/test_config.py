@@ -426,7 +426,7 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "limits.max_subscriptions_per_client": (0, 10_000_000),
         "listener[].max_connections": (0, 10_000_000),
         "bridge[].protocol_level": (4, 5),
-        "bridge[].window": (1, 30000),
+        "bridge[].window": (0, 30000),
         "bridge[].max_messages": (1, 100_000_000),
         "bridge[].max_bytes": (1024, 2**50),
         "bridge[].session_expiry": (0, 4_294_967_295),

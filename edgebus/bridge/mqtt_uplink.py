@@ -272,7 +272,7 @@ class MqttUplink:
                 bridge.name,
                 checkpoint,
             )
-        last_release = min(checkpoint, last_seq, first_seq + bridge.window - 1)
+        last_release = min(checkpoint, last_seq, first_seq + bridge.batch_window - 1)
         tokens: list[object] = []
         try:
             for seq in range(first_seq, last_release + 1):
