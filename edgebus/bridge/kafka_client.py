@@ -37,8 +37,6 @@ RESUME_WINDOW = 1000
 #: read_committed readers of the partitions it wrote for at most this long, unless it restarts first:
 #: its next init_transactions aborts the open transaction at once).
 TRANSACTION_TIMEOUT_MS = 60_000
-#: Seconds the first init_transactions attempt of a connection may take (see _initialised_producer).
-INIT_ATTEMPT_S = 0.2
 
 
 def describe(error: BaseException) -> str:
@@ -136,7 +134,7 @@ def open_link(bridge: BridgeConfig, client_id: str, state_key: str) -> KafkaLink
         if bridge.transactional:
             _create_state_topic(admin, bridge.state_topic, timeout)
             created = time.monotonic()
-            producer, partitions = _initialised_producer(settings, bridge.state_topic, started + timeout)
+            producer, partitions = _initialised_producer(settings, bridge.state_topic, timeout)
             # Our own choice of partition (not the client's partitioner), so resume knows where to read.
             link = KafkaLink(producer, admin, state_key, zlib.crc32(state_key.encode()) % partitions)
             holder.append(link)
@@ -194,43 +192,29 @@ def _create_state_topic(admin: AdminClient, topic: str, timeout: float) -> None:
 
 
 def _initialised_producer(
-    settings: dict[str, Any], state_topic: str, deadline: float
+    settings: dict[str, Any], state_topic: str, timeout: float
 ) -> tuple[Producer, int]:
     """A transactional producer whose init_transactions succeeded, and the state topic's partition count.
 
-    Two librdkafka timers stand between a broker that has just come back and init_transactions done, and
-    both are avoided here (measured with librdkafka's debug log on a restarted test broker):
-    * a producer made before any broker connection is up finds "no brokers available" for its coordinator
-      query and asks again only after 500 ms. So the state topic's metadata is asked of the producer first:
-      that leaves it a connection up (port answering to init done: 0.53-0.56 s without, 0.14-0.17 s with).
-    * a coordinator still loading its transaction log (0.3-0.9 s after the port answered on a loaded
-      2-core machine) answers InitProducerId "load in progress", and librdkafka asks again only after
-      500 ms. A new producer asks at once, so an attempt gets INIT_ATTEMPT_S (growing by half each time:
-      a slow link still gets a long enough one) and is then replaced. The dropped producer's
-      InitProducerId, if it lands, is fenced by the next one's."""
-    attempt = INIT_ATTEMPT_S
-    while True:
-        producer = Producer(settings)
-        try:
-            metadata = producer.list_topics(state_topic, timeout=max(0.001, deadline - time.monotonic()))
-            found = metadata.topics.get(state_topic)
-            if found is None or found.error is not None or not found.partitions:
-                why = found.error if found is not None else "not in the metadata"
-                raise SinkError(f"Kafka state topic {state_topic!r}: {why}")
-            left = deadline - time.monotonic()
-            producer.init_transactions(max(0.001, min(attempt, left)))
-            return producer, len(found.partitions)
-        except KafkaException as error:
-            kafka_error = error.args[0] if error.args else None
-            retriable = isinstance(kafka_error, KafkaError) and kafka_error.retriable()
-            _drop_producer(producer)
-            if not retriable or deadline - time.monotonic() <= 0:
-                raise
-            log.debug("init_transactions: an attempt of %.2f s: %s", attempt, describe(error))
-        except SinkError:
-            _drop_producer(producer)
-            raise
-        attempt *= 1.5
+    The state topic's metadata is asked of the producer before init_transactions, on purpose: that leaves
+    it a broker connection up. A producer without one finds "no brokers available" for its coordinator
+    query and asks again only after 500 ms (librdkafka's fixed timer; seen in its debug log). Measured from
+    the port answering to init_transactions done on a restarted test broker, 2 runs each: 0.53-0.56 s
+    without, 0.14-0.17 s with. (A coordinator still loading its transaction log answers "load in
+    progress", and librdkafka asks again after another fixed 500 ms: that wait remains.)"""
+    deadline = time.monotonic() + timeout
+    producer = Producer(settings)
+    try:
+        metadata = producer.list_topics(state_topic, timeout=timeout)
+        found = metadata.topics.get(state_topic)
+        if found is None or found.error is not None or not found.partitions:
+            why = found.error if found is not None else "not in the metadata"
+            raise SinkError(f"Kafka state topic {state_topic!r}: {why}")
+        producer.init_transactions(max(0.001, deadline - time.monotonic()))
+        return producer, len(found.partitions)
+    except BaseException:
+        _drop_producer(producer)
+        raise
 
 
 def read_resume_point(bridge: BridgeConfig, client_id: str, link: KafkaLink, timeout: float) -> str | None:
