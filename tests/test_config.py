@@ -721,6 +721,17 @@ def test_bridge_with_topic_rules() -> None:
     assert (inbound.direction, inbound.qos, inbound.local_prefix) == ("in", 1, "dev/")
 
 
+def test_bridge_window_defaults_per_kind() -> None:
+    # window = 0 (the default) is the kind's batch size: Kafka's batches are transactions, so larger.
+    rule = 'topics = [{ pattern = "sensors/#", remote_prefix = "t" }]\n'
+    mqtt = parse_config(BRIDGE + rule).bridge[0]
+    kafka = parse_config(BRIDGE + 'kind = "kafka"\n' + rule).bridge[0]
+    chosen = parse_config(BRIDGE + 'kind = "kafka"\nwindow = 200\n' + rule).bridge[0]
+    assert (mqtt.window, mqtt.batch_window) == (0, 1000)
+    assert (kafka.window, kafka.batch_window) == (0, 5000)
+    assert chosen.batch_window == 200
+
+
 def test_bridge_needs_name_addresses_and_topics() -> None:
     error = parse_error("[mqtt]\nmax_qos = 1\n[[bridge]]\nkind = 'mqtt'\n")
     assert [(p.line, p.key) for p in error.problems] == [
