@@ -211,8 +211,8 @@ class BridgeConfig:
     def batch_window(self) -> int:
         """``window``, or the kind's default. Kafka's is larger because each batch is a transaction (a few
         round trips whatever its size): measured by bench.bridge, 10,000 messages, first to last record
-        11,600-13,600 msg/s with batches of 1,000 and 50,000-70,000 with 5,000, at 12 and 8 us of gateway
-        CPU per message."""
+        11,600-13,600 msg/s with batches of 1,000 and 36,000-72,000 with 5,000, at 12 and 7-8.5 us of
+        gateway CPU per message."""
         return self.window or DEFAULT_WINDOWS.get(self.kind, DEFAULT_WINDOW)
 
     def problems(self) -> list[tuple[str, str]]:
