@@ -69,7 +69,7 @@ def scan_tails(bootstrap: str, topic: str, gateway: str, timeout: float = 30.0) 
             while len(done) < len(pending):
                 if time.monotonic() > deadline:
                     raise TimeoutError("tail scan")
-                for message in consumer.consume(1000, 0.5):
+                for message in consumer.consume(1000, 0.02):
                     p = message.partition() or 0
                     error = message.error()
                     offset = message.offset() or 0
@@ -110,6 +110,7 @@ def fill(server: KafkaServer, topic: str, partitions: int, records: int, foreign
                                 (state_topic, 1, {"cleanup.policy": "compact"})):
         admin.create_topics([NewTopic(name, num_partitions=count, config=config)])[name].result(30)
     producer = Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 20, "log_level": 2,
+                         "queue.buffering.max.messages": 1_000_000,
                          "enable.idempotence": True})
     seqs = {OURS: 0, OTHER: 0}
     for index in range(records + foreign_tail):
