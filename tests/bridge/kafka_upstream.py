@@ -160,7 +160,11 @@ class KafkaServer:
 
     def _format(self) -> None:
         """StorageTool format: KRaft metadata for a one-node quorum (``--standalone``), random cluster id."""
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # StorageTool's parser takes an id starting with "-" for an option (Kafka's own random ids avoid it):
+        # 1 format in 64 failed with its usage text (seen in the outage campaign).
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         command = self._java(
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties), "--standalone"
         )
