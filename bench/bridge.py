@@ -57,8 +57,8 @@ TARGET_LABELS = {
     "rabbitmq-stream": "edgebus->rabbitmq-stream",
     "kafka": "edgebus->kafka",
 }
-#: issue 13: catch-up into Kafka >= 20,000 msg/s on this machine.
-RATE_TARGETS_PER_S = {"kafka": 20_000.0}
+#: issue 13: catch-up into Kafka and into a RabbitMQ stream >= 20,000 msg/s on this machine.
+RATE_TARGETS_PER_S = {"kafka": 20_000.0, "rabbitmq-stream": 20_000.0}
 KAFKA_TOPIC = "log"  # 3 partitions; the record key is the device topic (one partition per topic)
 REFERENCE = "mosquitto-bridge"
 RATE_TARGET_PER_S = 5000.0  # issue 6: catch-up >= 5,000 msg/s on this machine (both edgebus targets)
@@ -73,7 +73,7 @@ NUMBER_DIGITS = 8  # the payload starts with the message's number on its topic, 
 DEVICE_WINDOW = 25  # QoS 1 PUBLISHes in flight per device connection (not timed)
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 0.2
-DEFAULT_WINDOW = 1000
+DEFAULT_WINDOW = 1000  # Mosquitto's max_inflight_messages; edgebus's own default is per kind (window = 0)
 # Mosquitto's bridge reconnect delay: `restart_timeout BASE CAP` (decorrelated jitter) with both at their
 # minimum, 1 ("restart_timeout interval too low, using 1 second"). Measured on 2.0.11: with a single value
 # ("restart_timeout 1") it retried every 5 s (the default base); with "1 1" every 2 s (its timers have
@@ -96,11 +96,13 @@ class Settings:
     messages: int = 10_000
     repeat: int = 1
     qos: int = 2
-    window: int = DEFAULT_WINDOW
+    window: int = 0  # edgebus: 0 = the kind's default (kafka 5000, others 1000)
+    kafka_transactional: bool = True
     payload_size: int = PAYLOAD_SIZE
     backoff_initial_s: float = BACKOFF_INITIAL_S
     backoff_max_s: float = BACKOFF_MAX_S
     mosquitto_restart_timeout_s: int = MOSQUITTO_RESTART_TIMEOUT_S
+    gateway_log_level: str = "info"
 
     @property
     def max_queued(self) -> int:
@@ -249,7 +251,7 @@ def upstream_mosquitto_config(port: int, directory: Path, settings: Settings) ->
         "persistence true",
         f"persistence_location {directory}/",
         "autosave_interval 0",
-        f"max_inflight_messages {settings.window}",
+        f"max_inflight_messages {settings.window or DEFAULT_WINDOW}",
         f"max_queued_messages {settings.max_queued}",
         "",
     ])
@@ -262,7 +264,7 @@ def gateway_mosquitto_config(port: int, upstream_port: int, settings: Settings) 
         # In memory: Mosquitto acknowledges (PUBACK) before anything is on disk, and writes its state only
         # on exit or autosave; persistence true would not change that, so the peer is run as usually.
         "persistence false",
-        f"max_inflight_messages {settings.window}",
+        f"max_inflight_messages {settings.window or DEFAULT_WINDOW}",
         f"max_queued_messages {settings.max_queued}",
         "connection cloud",
         f"address {HOST}:{upstream_port}",
@@ -292,7 +294,7 @@ def edgebus_config(port: int, data_dir: Path, target: str, upstream_port: int, s
 
         bridge += edgebus_bridge_lines(upstream_port)
     elif target == "kafka":
-        bridge += ['kind = "kafka"',
+        bridge += ['kind = "kafka"', f"transactional = {str(settings.kafka_transactional).lower()}",
                    f'topics = [{{ pattern = "sensors/#", qos = 1, remote_prefix = "{KAFKA_TOPIC}" }}]']
     elif target == "jetstream":
         bridge += ['kind = "nats-jetstream"', f'stream = "{STREAM}"',
@@ -308,6 +310,7 @@ def edgebus_config(port: int, data_dir: Path, target: str, upstream_port: int, s
         f'listen = ["{HOST}:{port}"]',
         f'data_dir = "{data_dir}"',
         f'gateway_id = "{GATEWAY_ID}"',
+        f'log_level = "{settings.gateway_log_level}"',
         "",
         *bridge,
         "",
@@ -697,7 +700,9 @@ def timing(settings: Settings, t0: float, times: list[float], publish_s: float,
     messages = settings.messages
     if complete is None:
         complete = len(times) >= messages
-    result: dict[str, Any] = {"messages": messages, "publish_s": round(publish_s, 3), "complete": complete}
+    result: dict[str, Any] = {"messages": messages, "publish_s": round(publish_s, 3), "complete": complete,
+                              # t0 on the wall clock, to line up with the kept logs' timestamps (--keep-logs)
+                              "t0_wall": round(time.time() - (time.monotonic() - t0), 3)}
     if not times or not complete:
         return result | {"catchup_per_s": None, "first_to_last_per_s": None, "elapsed_s": None,
                          "first_arrival_s": None if not times else round(times[0] - t0, 4)}
@@ -875,7 +880,8 @@ async def run_target(context: RunContext, target: str) -> dict[str, Any]:
 
 
 def run_one(target: str, settings: Settings, work_root: Path, cores: tuple[int | None, int | None],
-            mosquitto: str, profile_dir: Path | None, label: str) -> dict[str, Any]:
+            mosquitto: str, profile_dir: Path | None, label: str,
+            keep_logs: Path | None = None) -> dict[str, Any]:
     """One fresh run of one target; every process it started is gone when it returns (or raises)."""
     work_root.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix=f"bench-bridge-{target}-", dir=str(work_root)))
@@ -887,6 +893,11 @@ def run_one(target: str, settings: Settings, work_root: Path, cores: tuple[int |
                           for path in sorted(directory.glob("*.log")))
         return {"error": f"{type(exc).__name__}: {exc}", "logs": tails}
     finally:
+        if keep_logs is not None:
+            kept = keep_logs / label
+            kept.mkdir(parents=True, exist_ok=True)
+            for path in [*directory.glob("*.log"), *directory.glob("*/kafka.log")]:
+                shutil.copy(path, kept / path.name)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -1029,14 +1040,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                        "(jetstream accepted for it too); default all")
     parser.add_argument("--qos", type=int, choices=(1, 2), default=2,
                         help="QoS of the bridged topic on both MQTT bridges (default 2)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    parser.add_argument("--window", type=int, default=0,
                         help=f"edgebus bridge window; also max_inflight_messages of both Mosquittos "
-                             f"(default {DEFAULT_WINDOW})")
+                             f"(default 0: edgebus's default per kind, kafka 5000, others 1000; "
+                             f"Mosquitto {DEFAULT_WINDOW})")
+    parser.add_argument("--kafka-transactional", choices=("true", "false"), default="true",
+                        help="the kafka bridge's `transactional` (false: an idempotent producer only, at "
+                             "least once; the forwarding bound of a resume-from-log design)")
     parser.add_argument("--mosquitto",
                         help="mosquitto executable (default: from PATH, else /usr/sbin/mosquitto)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORK_ROOT,
                         help=f"where the runs' temporary directories are made (default {DEFAULT_WORK_ROOT})")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="copy each run's logs to DIR/<target>-<n>/ (their timestamps line up with the "
+                             "results' t0_wall)")
+    parser.add_argument("--gateway-log-level", choices=("debug", "info", "warning"), default="info",
+                        help="the edgebus gateway's log level (debug: the sinks' step timings)")
     parser.add_argument("--profile-gateway", type=Path, metavar="DIR",
                         help="run the edgebus gateway under cProfile (main thread), one .prof per run in DIR")
     args = parser.parse_args(argv)
@@ -1049,7 +1069,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not targets:
         parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
     args.targets = [t for t in TARGETS if t in targets]
-    args.settings = Settings(messages=messages, repeat=repeat, qos=args.qos, window=args.window)
+    args.settings = Settings(messages=messages, repeat=repeat, qos=args.qos, window=args.window,
+                             gateway_log_level=args.gateway_log_level,
+                             kafka_transactional=args.kafka_transactional == "true")
     return args
 
 
@@ -1068,7 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {work_root} is on {filesystem['type']}: edgebus's fsync costs nothing there")
     mosquitto = mosquitto_executable(args.mosquitto)
     print(f"{settings.messages:,} messages x {settings.repeat}, QoS {settings.qos} on the MQTT bridges, "
-          f"window {settings.window}")
+          f"window {settings.window or 'per kind'}")
     runs: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
     interrupted = False
     started = time.monotonic()
@@ -1076,7 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
         for repetition in range(settings.repeat):
             for target in args.targets:
                 label = f"{target}-{repetition + 1}"
-                outcome = run_one(target, settings, work_root, cores, mosquitto, args.profile_gateway, label)
+                outcome = run_one(target, settings, work_root, cores, mosquitto, args.profile_gateway, label,
+                                  args.keep_logs)
                 runs[target].append(outcome)
                 shown = ("ERROR " + outcome["error"] if "error" in outcome else
                          ", ".join(f"{key}={outcome.get(key)}" for key in

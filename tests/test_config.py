@@ -427,7 +427,7 @@ def test_brief_ranges_are_the_schema_ranges() -> None:
         "listener[].max_connections": (0, 10_000_000),
         "bridge[].protocol_level": (4, 5),
         "bridge[].max_qos": (1, 2),
-        "bridge[].window": (1, 30000),
+        "bridge[].window": (0, 30000),
         "bridge[].max_messages": (1, 100_000_000),
         "bridge[].max_bytes": (1024, 2**50),
         "bridge[].session_expiry": (0, 4_294_967_295),
@@ -720,6 +720,17 @@ def test_bridge_with_topic_rules() -> None:
         "cbor-json",
     )
     assert (inbound.direction, inbound.qos, inbound.local_prefix) == ("in", 1, "dev/")
+
+
+def test_bridge_window_defaults_per_kind() -> None:
+    # window = 0 (the default) is the kind's batch size: Kafka's batches are transactions, so larger.
+    rule = 'topics = [{ pattern = "sensors/#", remote_prefix = "t" }]\n'
+    mqtt = parse_config(BRIDGE + rule).bridge[0]
+    kafka = parse_config(BRIDGE + 'kind = "kafka"\n' + rule).bridge[0]
+    chosen = parse_config(BRIDGE + 'kind = "kafka"\nwindow = 200\n' + rule).bridge[0]
+    assert (mqtt.window, mqtt.batch_window) == (0, 1000)
+    assert (kafka.window, kafka.batch_window) == (0, 5000)
+    assert chosen.batch_window == 200
 
 
 def test_bridge_needs_name_addresses_and_topics() -> None:

@@ -34,6 +34,7 @@ message of it was delivered (committed to the local store): at least once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -105,9 +106,11 @@ class _KafkaUplink:
         bridge = sink.bridge
         if not bridge.transactional:
             return 0  # an idempotent producer keeps no resume point: at least once
+        started = time.monotonic()
         value = await _blocking(
             "resume", read_resume_point, bridge, sink.client_id, self._link, bridge.ack_timeout
         )
+        log.debug("resume point %r read in %.3f s", value, time.monotonic() - started)
         highest = sink.identity.seq_of(value)
         if value is not None and highest == 0:
             log.info("bridge %r: the last state record %r is of another store epoch", bridge.name, value)
@@ -150,10 +153,13 @@ class _KafkaUplink:
                 )
         except (KafkaException, BufferError) as error:
             raise SinkError(f"Kafka produce failed: {describe(error)}") from None
+        produced = time.monotonic()
         if bridge.transactional:
             await _blocking("commit", producer.commit_transaction, bridge.ack_timeout)
         else:
             await _blocking("flush", self._flush, bridge.ack_timeout, len(records))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%d records committed in %.3f s", len(records), time.monotonic() - produced)
 
     def _flush(self, timeout: float, count: int) -> None:
         left = self._link.producer.flush(timeout)
@@ -180,8 +186,29 @@ class KafkaSink(SinkBase):
     def connect(self) -> AbstractAsyncContextManager[Uplink]:
         return self._open()
 
+    async def _probe(self) -> None:
+        """One TCP connection to a bootstrap address, made and closed before any librdkafka client exists;
+        SinkError if none accepts within connect_timeout. A client made while the cluster is down retries
+        on librdkafka's schedule (its reconnect backoff grows to 1 s) and the bridge waits out its timeout
+        (measured: the first record ~1 s later than needed after the broker came back); a client made once
+        the port answers connects at once. So the bridge's own backoff decides when to try again."""
+        bridge = self.bridge
+        failures = []
+        for address in bridge.addresses:
+            with trio.move_on_after(bridge.connect_timeout):
+                try:
+                    stream = await trio.open_tcp_stream(address.host, address.port)
+                except OSError as error:
+                    failures.append(f"{address.host}:{address.port}: {error.strerror or error}")
+                    continue
+                await stream.aclose()
+                return
+            failures.append(f"{address.host}:{address.port}: no answer within {bridge.connect_timeout:g} s")
+        raise SinkError("could not connect to Kafka: " + "; ".join(failures))
+
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Uplink]:
+        await self._probe()
         link = await _blocking("connect", open_link, self.bridge, self.client_id, self.client_id)
         try:
             with unwrap_single_error():  # the watcher and the receiver may see the same dead link

@@ -95,7 +95,7 @@ class MqttSink(SinkBase):
             username=username,
             password=password,
             receive_maximum=INBOUND_RECEIVE_MAXIMUM,
-            max_inflight=bridge.window if v5 else min(bridge.window, MQTT_3_1_1_MAX_INFLIGHT),
+            max_inflight=bridge.batch_window if v5 else min(bridge.batch_window, MQTT_3_1_1_MAX_INFLIGHT),
             auto_acknowledge=False,  # in rules: PUBACK / PUBREC only once deliver() returned
         )
 

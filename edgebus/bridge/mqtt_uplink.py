@@ -281,7 +281,7 @@ class MqttUplink:
                 bridge.name,
                 checkpoint,
             )
-        last_release = min(checkpoint, last_seq, first_seq + bridge.window - 1)
+        last_release = min(checkpoint, last_seq, first_seq + bridge.batch_window - 1)
         if not qos_2:
             # No QoS 2 flow was ever started here, so none to release; and a PUBREL would hurt: RabbitMQ
             # 3.10's MQTT plugin answers one for an id it does not hold with silence, PINGRESP included.

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from rstream import schema
 from rstream.client import Client
-from rstream.exceptions import ServerError
+from rstream.exceptions import ServerError, StreamNotAvailable
 from rstream.utils import OnClosedErrorInfo
 
 from edgebus.bridge.aio import describe
@@ -41,6 +41,8 @@ PUBLISHER_ID = 0
 #: Most bytes of messages in one Publish frame: below the 1 MiB frame_max asked for, and the server's.
 FRAME_BYTES = 512 * 1024
 FRAME_MAX = 1024 * 1024
+#: Seconds between asking again for a stream the node has not brought back yet (StreamNotAvailable).
+STREAM_RETRY_S = 0.02
 #: User and password when the bridge sets none: RabbitMQ's default user (accepted from loopback only).
 DEFAULT_USER = "guest"
 
@@ -128,32 +130,54 @@ class StreamLink:
         client.add_handler(schema.PublishConfirm, self._on_confirm, name="edgebus")
         client.add_handler(schema.PublishError, self._on_publish_error, name="edgebus")
         self.client = client
-        async with asyncio.timeout(bridge.connect_timeout):
+        self._stream_unavailable = False
+        try:
+            async with asyncio.timeout(bridge.connect_timeout):
+                await self._open(client, stream)
+        except TimeoutError:
+            if self._stream_unavailable:
+                raise SinkError(
+                    f"RabbitMQ stream {stream!r} not available within {bridge.connect_timeout:g} s"
+                ) from None
+            raise
+        self._opened = True
+
+    async def _open(self, client: Client, stream: str) -> None:
+        bridge = self._bridge
+        try:
+            await client.start()
+            await self._guarded(
+                client.authenticate(
+                    "/",
+                    bridge.username or DEFAULT_USER,
+                    bridge.password if bridge.username else DEFAULT_USER,
+                ),
+                "connecting",
+            )
+        except (OSError, ConnectionError) as error:
+            raise SinkError(f"unreachable: {describe(error)}") from None
+        except ServerError as error:
+            raise SinkError(f"refused: {describe(error)}") from None
+        # A node that just restarted accepts connections before its streams are back (measured 0.3-0.5 s
+        # of StreamNotAvailable after the port answered): ask again on this connection every
+        # STREAM_RETRY_S, within connect_timeout, rather than close it and wait for the backoff.
+        while True:
             try:
-                await client.start()
-                await self._guarded(
-                    client.authenticate(
-                        "/",
-                        bridge.username or DEFAULT_USER,
-                        bridge.password if bridge.username else DEFAULT_USER,
-                    ),
-                    "connecting",
-                )
-            except (OSError, ConnectionError) as error:
-                raise SinkError(f"unreachable: {describe(error)}") from None
-            except ServerError as error:
-                raise SinkError(f"refused: {describe(error)}") from None
-            if not await self._guarded(client.stream_exists(stream), "checking the stream"):
-                raise SinkError(f"RabbitMQ stream {stream!r} does not exist")
-            try:
+                if not await self._guarded(client.stream_exists(stream), "checking the stream"):
+                    raise SinkError(f"RabbitMQ stream {stream!r} does not exist")
                 await self._guarded(
                     client.declare_publisher(stream, self.producer_name, PUBLISHER_ID),
                     "declaring the publisher",
                 )
+                return
+            except StreamNotAvailable:
+                self._stream_unavailable = True
+                await asyncio.sleep(STREAM_RETRY_S)
             except ServerError as error:
                 # Not the stream's leader node, no write permission ...
-                raise SinkError(f"declaring publisher {self.producer_name!r}: {describe(error)}") from None
-        self._opened = True
+                raise SinkError(
+                    f"stream {stream!r}, publisher {self.producer_name!r}: {describe(error)}"
+                ) from None
 
     async def close(self) -> None:
         self._closing = True
@@ -162,8 +186,10 @@ class StreamLink:
         if client is None:
             return
         try:
-            # A polite close asks the server and waits for its answer: not on a link known dead.
-            if client.is_connection_alive():
+            # A polite close asks the server and waits for its answer: only on a link that was opened and is
+            # not known dead. rstream's close() also sleeps 0.2 s whatever happened, which on a failed open
+            # (refused, stream not available yet) delayed each next try, hence the catch-up, by that much.
+            if self._opened and client.is_connection_alive():
                 await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
         except (TimeoutError, OSError, ServerError) as error:
             log.debug("closing the RabbitMQ stream link to %s: %s", self.address, describe(error))

@@ -263,7 +263,7 @@ class Bridge:
         config = self.config
         outbox = self.outbox
         identity = self.identity
-        limit = config.window
+        limit = config.batch_window
         if config.rate:
             limit = max(1, min(limit, int(config.rate * RATE_BURST_S)))
         next_allowed = trio.current_time()

@@ -122,6 +122,11 @@ def _template_problems(template: str, what: str) -> list[str]:
     ]
 
 
+#: Most messages in one batch when ``window`` is 0 (the default), per kind (`BridgeConfig.batch_window`).
+DEFAULT_WINDOW = 1000
+DEFAULT_WINDOWS: dict[str, int] = {"kafka": 5000}
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
     """[[bridge]]: store-and-forward to an upstream MQTT broker, a NATS JetStream stream, a Redis stream, a
@@ -165,7 +170,11 @@ class BridgeConfig:
     connect_timeout: float = setting(5.0, NumberRange(0.1, 3600), "seconds to connect and be accepted")
     backoff_initial: float = setting(0.5, NumberRange(0.01, 3600), "first reconnect delay, in seconds")
     backoff_max: float = setting(30.0, NumberRange(0.01, 86400), "cap on the (doubling, jittered) delay")
-    window: int = setting(1000, IntRange(1, 30000), "most messages in flight upstream at once")
+    window: int = setting(
+        0,
+        IntRange(0, 30000),
+        "most messages in flight upstream at once; 0 = the kind's default (kafka 5000, others 1000)",
+    )
     rate: float = setting(0.0, NumberRange(0, 1e9), "most messages per second forwarded; 0 = no limit")
     max_messages: int = setting(250_000, IntRange(1, 100_000_000), "most messages the outbox holds")
     max_bytes: int = setting(
@@ -203,6 +212,14 @@ class BridgeConfig:
         (), Properties(), "kafka: extra librdkafka properties for the producer and consumer"
     )
     topics: tuple[BridgeTopic, ...] = setting((), TopicRules(), "topic rules: what goes out, what comes in")
+
+    @property
+    def batch_window(self) -> int:
+        """``window``, or the kind's default. Kafka's is larger because each batch is a transaction (a few
+        round trips whatever its size): measured by bench.bridge, 10,000 messages, first to last record
+        11,600-13,600 msg/s with batches of 1,000 and 36,000-72,000 with 5,000, at 12 and 7-8.5 us of
+        gateway CPU per message."""
+        return self.window or DEFAULT_WINDOWS.get(self.kind, DEFAULT_WINDOW)
 
     def problems(self) -> list[tuple[str, str]]:
         """Problems across keys, as (key, message)."""

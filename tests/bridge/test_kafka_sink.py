@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import pytest
 import trio
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 from edgebus_fleet.proxy import ChaosProxy
 
 from edgebus.bridge.kafka import KafkaSink
-from edgebus.bridge.kafka_client import open_link
+from edgebus.bridge.kafka_client import close_link, open_link
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import BridgeIdentity, InboundMessage, Record, SinkError
 from edgebus.config import BridgeConfig, BridgeTopic, ConfigError, ListenAddress, parse_config
@@ -282,6 +282,43 @@ async def test_an_unreachable_cluster_fails_connect(kafka: KafkaServer) -> None:
 
     with trio.fail_after(10), pytest.raises(SinkError, match="could not connect to Kafka"):
         await connect()
+
+
+async def test_a_refused_cluster_fails_connect_at_once() -> None:
+    # Catch-up after an outage begins as soon as the cluster answers: the sink tries the port before it
+    # makes any librdkafka client, so a refused attempt ends at once (and the bridge's backoff, not
+    # librdkafka's, decides when to try again) instead of waiting out connect_timeout. Best of 3.
+    from tests.processes import free_port
+
+    bridge = make_bridge(
+        free_port(), [BridgeTopic("sensors/#", remote_prefix="x")], connect_timeout=2.0, ack_timeout=2.0
+    )
+    took = []
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="could not connect to Kafka"):
+            async with make_sink(bridge).connect():
+                pass
+        took.append(time.monotonic() - started)
+    assert min(took) < 0.5, took
+
+
+def test_an_all_brokers_down_from_before_the_connection_is_forgotten(kafka: KafkaServer) -> None:
+    # librdkafka queues "all brokers down" while the cluster is still coming up and hands it over on the
+    # next poll; once init_transactions succeeded it is stale and must not end the new connection. A
+    # fatal error is never forgotten.
+    bridge = make_bridge(kafka.port, [BridgeTopic("sensors/#", remote_prefix=unique("stale"))])
+    link = open_link(bridge, unique("gw-s"), "state-key")
+    try:
+        link.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        assert link.dead is not None
+        link.forget_stale_errors()
+        assert link.dead is None
+        link.on_error(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+        link.forget_stale_errors()
+        assert link.dead is not None
+    finally:
+        close_link(link)
 
 
 BRIDGE = '[[bridge]]\nname = "cloud"\nkind = "kafka"\naddresses = ["127.0.0.1:9092"]\n'

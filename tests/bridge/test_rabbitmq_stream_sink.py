@@ -165,6 +165,21 @@ async def test_a_missing_stream_fails_connect_naming_it(rabbit: RabbitServer) ->
             pass
 
 
+async def test_a_refused_connection_fails_at_once() -> None:
+    # Catch-up after an outage begins as soon as the upstream answers, so a refused attempt must not hold
+    # the next one back: a link that never opened is dropped, not closed politely (rstream's close() sleeps
+    # 0.2 s whatever happened). Best of 3 attempts, against scheduling noise.
+    bridge = make_bridge(free_port(), "any-stream")
+    took = []
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="unreachable"):
+            async with make_sink(bridge).connect():
+                pass
+        took.append(time.monotonic() - started)
+    assert min(took) < 0.15, took
+
+
 async def test_addresses_are_tried_in_turn(rabbit: RabbitServer, admin: StreamAdmin, stream: str) -> None:
     dead = free_port()
     async with make_sink(make_bridge(rabbit.port, stream, ports=(dead,))).connect() as uplink:
