@@ -34,7 +34,7 @@ import nats.js.api
 import trio
 
 from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import cross_to_sink
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
 from edgebus.bridge.jetstream_link import CLOSE_TIMEOUT_S, LastMessage, NatsLink, describe, server_url
 from edgebus.bridge.jetstream_subjects import consumer_name, out_filters, subject_matches
 from edgebus.bridge.rules import TopicMap
@@ -63,7 +63,6 @@ FETCH_WAIT_S = 1.0
 #: within it. After a link dies mid-batch the unacknowledged messages come back after this long.
 ACK_WAIT_S = 30.0
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
-CROSSING_MARGIN_S = 1.0
 
 
 class _JetStreamUplink:
@@ -267,10 +266,4 @@ class JetStreamSink(SinkBase):
 
 
 async def _close_link(loop_thread: LoopThread, link: NatsLink) -> None:
-    """Close the connection, bounded in time, even in a cancelled scope."""
-    with trio.move_on_after(CLOSE_TIMEOUT_S + CROSSING_MARGIN_S) as scope:
-        scope.shield = True
-        try:
-            await loop_thread.run(link.close, timeout=CLOSE_TIMEOUT_S + CROSSING_MARGIN_S / 2)
-        except Exception as error:
-            log.debug("closing a JetStream link: %s", describe(error))
+    await close_link("JetStream", loop_thread, link.close, CLOSE_TIMEOUT_S)

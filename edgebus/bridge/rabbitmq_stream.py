@@ -28,11 +28,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import trio
-
 from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import cross_to_sink
-from edgebus.bridge.rabbitmq_link import CLOSE_TIMEOUT_S, StreamLink, describe
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
+from edgebus.bridge.rabbitmq_link import CLOSE_TIMEOUT_S, StreamLink
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import BridgeIdentity, Deliver, Record, SinkBase, SinkError, Uplink
 from edgebus.config import BridgeConfig
@@ -43,7 +41,6 @@ log = logging.getLogger(__name__)
 
 
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
-CROSSING_MARGIN_S = 1.0
 
 
 def producer_name(identity: BridgeIdentity, bridge_name: str) -> str:
@@ -154,10 +151,4 @@ class RabbitStreamSink(SinkBase):
 
 
 async def _close_link(loop_thread: LoopThread, link: StreamLink) -> None:
-    """Close the connection, bounded in time, even in a cancelled scope."""
-    with trio.move_on_after(CLOSE_TIMEOUT_S + CROSSING_MARGIN_S) as scope:
-        scope.shield = True
-        try:
-            await loop_thread.run(link.close, timeout=CLOSE_TIMEOUT_S + CROSSING_MARGIN_S / 2)
-        except Exception as error:
-            log.debug("closing a RabbitMQ stream link: %s", describe(error))
+    await close_link("RabbitMQ stream", loop_thread, link.close, CLOSE_TIMEOUT_S)

@@ -28,11 +28,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import trio
-
 from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import cross_to_sink
-from edgebus.bridge.redis_link import CLOSE_TIMEOUT_S, LastEntry, RedisLink, describe
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
+from edgebus.bridge.redis_link import CLOSE_TIMEOUT_S, LastEntry, RedisLink
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import (
     MESSAGE_ID_PROPERTY,
@@ -51,7 +49,6 @@ log = logging.getLogger(__name__)
 
 
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
-CROSSING_MARGIN_S = 1.0
 #: False: entries get server-made ids (``*``); only for the control run showing why the scheme is there.
 EXPLICIT_IDS = True
 
@@ -194,10 +191,4 @@ class RedisStreamSink(SinkBase):
 
 
 async def _close_link(loop_thread: LoopThread, link: RedisLink) -> None:
-    """Close the connection, bounded in time, even in a cancelled scope."""
-    with trio.move_on_after(CLOSE_TIMEOUT_S + CROSSING_MARGIN_S) as scope:
-        scope.shield = True
-        try:
-            await loop_thread.run(link.close, timeout=CLOSE_TIMEOUT_S + CROSSING_MARGIN_S / 2)
-        except Exception as error:
-            log.debug("closing a Redis link: %s", describe(error))
+    await close_link("Redis", loop_thread, link.close, CLOSE_TIMEOUT_S)
