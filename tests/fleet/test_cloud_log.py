@@ -194,6 +194,10 @@ async def test_a_fleet_is_audited_from_the_cloud_log_through_uplink_cuts(tmp_pat
 
 
 @pytest.mark.skipif(not kafka_available(), reason="Kafka's jars are not in .cache/kafka (run scripts/test)")
+@pytest.mark.skipif(
+    not os.environ.get("EDGEBUS_CONTROL_RUNS"),
+    reason="a control run (EDGEBUS_CONTROL_RUNS=1): whether the silence lands on a stored batch is chance",
+)
 async def test_the_audit_sees_the_duplicates_of_a_kafka_bridge_without_exactly_once(tmp_path: Path) -> None:
     """The control: the same run with the Kafka bridge's transactions off (an idempotent producer only).
     The silenced uplink loses the acknowledgements of batches Kafka stored, the bridge sends them again
