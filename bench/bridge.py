@@ -31,6 +31,7 @@ import nats.js.api
 from nats.aio.client import Client as NatsClient
 
 from bench import aioclient
+from bench.bridge_gate import Gate
 from bench.run import (
     BROKER_CORE,
     DEFAULT_WORK_ROOT,
@@ -85,6 +86,9 @@ STOP_TIMEOUT_S = 5.0
 PUBLISH_TIMEOUT_S = 300.0
 # The log must grow at least once in this long, else the run ends as incomplete (lost messages).
 STALL_TIMEOUT_S = 15.0
+# --outage uplink: after the bridge says connected, its resume read is done before the gate cuts the link
+UPLINK_SETTLE_S = 0.5
+KAFKA_CONSUMER_WARMUP_S = 1.0  # --outage uplink: the log's consumer has its partitions before t0
 # After the log holds N, wait this long for extra (duplicate) arrivals before the audit.
 SETTLE_S = 0.5
 LISTEN_POLL_S = 0.002  # how often the harness tries the upstream's port: t0's resolution
@@ -103,6 +107,7 @@ class Settings:
     backoff_max_s: float = BACKOFF_MAX_S
     mosquitto_restart_timeout_s: int = MOSQUITTO_RESTART_TIMEOUT_S
     gateway_log_level: str = "info"
+    outage: str = "upstream"  # "upstream": the engine is down and restarted; "uplink": bench/bridge_gate.py
 
     @property
     def max_queued(self) -> int:
@@ -533,6 +538,50 @@ async def wait_for_log(count: Callable[[], int], settings: Settings, complete: C
         await asyncio.sleep(0.01)
 
 
+def outage_gate(settings: Settings, upstream_port: int, gate_port: int | None = None) -> Gate | None:
+    """--outage uplink: the gate the gateway dials instead of ``upstream_port``; None: the engine's outage."""
+    return Gate(upstream_port, gate_port) if settings.outage == "uplink" else None
+
+
+async def end_outage(gateway: Child, upstream: Child, port: int, gate: Gate | None,
+                     timeout_s: float = START_TIMEOUT_S) -> tuple[CpuMeter, float]:
+    """t0: the upstream is reachable again (uplink: the gate opens; else: the engine restarts and accepts)."""
+    if gate is not None:
+        meter = CpuMeter(gateway, upstream)
+        return meter, await gate.open()
+    upstream.start()
+    meter = CpuMeter(gateway, upstream)
+    return meter, await wait_listening(upstream, port, timeout_s)
+
+
+async def start_gateway(gateway: Child, port: int, gate: Gate | None, target: str) -> None:
+    """Start the gateway. uplink: its bridge first connects through the open gate, as a gateway in service
+    has been (for Kafka that also makes the transaction coordinator's topic, once per cluster), then the
+    gate cuts every connection and refuses new ones for the outage."""
+    if gate is not None:
+        await gate.open()
+    gateway.start()
+    await wait_listening(gateway, port)
+    if gate is None:
+        return
+    deadline = time.monotonic() + START_TIMEOUT_S
+    if target == "mosquitto-bridge":  # its bridge is connected once the upstream has answered it
+        while gate.answered == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (counters of callbacks)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+    else:
+        watcher = await aioclient.open_client(HOST, port, LogSubscriber("bench-bridge-state", 1 << 30))
+        await watcher.subscribe("$SYS/broker/bridge/cloud/state", 0)
+        while (not any(payload == b"connected" for _, _, payload in watcher.arrivals)  # noqa: ASYNC110
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        await watcher.disconnect()
+        await asyncio.sleep(UPLINK_SETTLE_S)
+    if time.monotonic() >= deadline:
+        raise RunError(f"the gateway's bridge did not connect through the gate: {gateway.log_tail()}")
+    await gate.close()
+
+
 def gateway_child(context: RunContext, target: str, upstream_port: int) -> tuple[Child, int]:
     port = free_port()
     settings = context.settings
@@ -562,7 +611,8 @@ async def run_mosquitto_upstream(context: RunContext, target: str) -> dict[str, 
     config = upstream_dir / "mosquitto.conf"
     config.write_text(upstream_mosquitto_config(upstream_port, upstream_dir, settings))
     upstream = context.child("upstream", [context.mosquitto, "-c", str(config)], context.upstream_core)
-    gateway, gateway_port = gateway_child(context, target, upstream_port)
+    gate = outage_gate(settings, upstream_port)
+    gateway, gateway_port = gateway_child(context, target, upstream_port if gate is None else gate.port)
     try:
         # Before the outage: the log subscriber's persistent session, so that it exists (and queues) from
         # the first instant of the upstream's return, whoever connects first.
@@ -571,15 +621,13 @@ async def run_mosquitto_upstream(context: RunContext, target: str) -> dict[str, 
         subscriber = await open_log_subscriber(upstream_port, settings)
         await subscriber.subscribe(MQTT_PREFIX + "#", 2)
         await subscriber.disconnect()
-        upstream.stop()  # SIGTERM: the session is saved
+        if gate is None:
+            upstream.stop()  # SIGTERM: the session is saved
 
-        gateway.start()
-        await wait_listening(gateway, gateway_port)
+        await start_gateway(gateway, gateway_port, gate, target)
         publish_s = await publish_outage(gateway_port, settings)
 
-        upstream.start()
-        meter = CpuMeter(gateway, upstream)
-        t0 = await wait_listening(upstream, upstream_port)
+        meter, t0 = await end_outage(gateway, upstream, upstream_port, gate)
         subscriber = await open_log_subscriber(upstream_port, settings)
         await wait_for_log(lambda: len(subscriber.arrivals), settings, subscriber.complete.is_set)
         done = time.monotonic()
@@ -596,6 +644,8 @@ async def run_mosquitto_upstream(context: RunContext, target: str) -> dict[str, 
     finally:
         gateway.stop()
         upstream.stop(signal.SIGKILL)
+        if gate is not None:
+            await gate.close()
 
 
 async def nats_connect(port: int) -> NatsClient:
@@ -635,7 +685,8 @@ async def run_jetstream(context: RunContext, target: str) -> dict[str, Any]:
     store.mkdir()
     command = [nats_server_executable(), "-js", "-sd", str(store), "-a", HOST, "-p", str(upstream_port)]
     upstream = context.child("upstream", command, context.upstream_core)
-    gateway, gateway_port = gateway_child(context, target, upstream_port)
+    gate = outage_gate(settings, upstream_port)
+    gateway, gateway_port = gateway_child(context, target, upstream_port if gate is None else gate.port)
     client: NatsClient | None = None
     try:
         # Before the outage: the stream (its subjects cover the bridge's prefix), kept in the store.
@@ -646,15 +697,13 @@ async def run_jetstream(context: RunContext, target: str) -> dict[str, Any]:
         await client.jetstream().add_stream(stream)
         await client.close()
         client = None
-        upstream.stop()
+        if gate is None:
+            upstream.stop()
 
-        gateway.start()
-        await wait_listening(gateway, gateway_port)
+        await start_gateway(gateway, gateway_port, gate, target)
         publish_s = await publish_outage(gateway_port, settings)
 
-        upstream.start()
-        meter = CpuMeter(gateway, upstream)
-        t0 = await wait_listening(upstream, upstream_port)
+        meter, t0 = await end_outage(gateway, upstream, upstream_port, gate)
         client = await nats_connect(upstream_port)
         js = client.jetstream()
         count = 0
@@ -692,6 +741,8 @@ async def run_jetstream(context: RunContext, target: str) -> dict[str, Any]:
                 await client.close()
         gateway.stop()
         upstream.stop(signal.SIGKILL)
+        if gate is not None:
+            await gate.close()
 
 
 def timing(settings: Settings, t0: float, times: list[float], publish_s: float,
@@ -734,16 +785,17 @@ async def run_redis(context: RunContext, target: str) -> dict[str, Any]:
     store = context.directory / "redis"
     store.mkdir()
     upstream = context.child("upstream", redis_server_command(upstream_port, store), context.upstream_core)
-    gateway, gateway_port = gateway_child(context, target, upstream_port)
+    gate = outage_gate(settings, upstream_port)
+    gateway, gateway_port = gateway_child(context, target, upstream_port if gate is None else gate.port)
     client = redis.asyncio.Redis(host=HOST, port=upstream_port, single_connection_client=True)
     try:
-        gateway.start()
-        await wait_listening(gateway, gateway_port)
+        if gate is not None:
+            upstream.start()
+            await wait_listening(upstream, upstream_port)
+        await start_gateway(gateway, gateway_port, gate, target)
         publish_s = await publish_outage(gateway_port, settings)
 
-        upstream.start()
-        meter = CpuMeter(gateway, upstream)
-        t0 = await wait_listening(upstream, upstream_port)
+        meter, t0 = await end_outage(gateway, upstream, upstream_port, gate)
         count = 0
         first: float | None = None
         last_change = time.monotonic()
@@ -778,6 +830,8 @@ async def run_redis(context: RunContext, target: str) -> dict[str, Any]:
             await client.aclose()
         gateway.stop()
         upstream.stop(signal.SIGKILL)
+        if gate is not None:
+            await gate.close()
 
 
 class _KafkaProcess:
@@ -835,23 +889,31 @@ async def run_kafka(context: RunContext, target: str) -> dict[str, Any]:
         raise RunError("Kafka's jars are not in .cache/kafka/lib (run scripts/test)")
     settings = context.settings
     server = await asyncio.to_thread(KafkaServer, context.directory / "kafka")
-    gateway, gateway_port = gateway_child(context, target, server.port)
+    # uplink: the gate listens where the PROXIED listener advertises (every connection goes through it)
+    gate = outage_gate(settings, server.proxied_port, server.proxy_port)
+    gateway, gateway_port = gateway_child(context, target, server.port if gate is None else gate.port)
     try:
         await asyncio.to_thread(server.start)
         admin = AdminClient({"bootstrap.servers": server.bootstrap, "log_level": 2})
         created = admin.create_topics([NewTopic(KAFKA_TOPIC, num_partitions=3)])[KAFKA_TOPIC]
         await asyncio.to_thread(created.result, 30)
-        await asyncio.to_thread(server.stop)
+        if gate is None:
+            await asyncio.to_thread(server.stop)
 
-        gateway.start()
-        await wait_listening(gateway, gateway_port)
+        await start_gateway(gateway, gateway_port, gate, target)
         publish_s = await publish_outage(gateway_port, settings)
 
-        await asyncio.to_thread(server.start)
-        meter = CpuMeter(gateway, _KafkaProcess(server))  # type: ignore[arg-type]
-        t0 = time.monotonic()
+        if gate is None:
+            await asyncio.to_thread(server.start)
         arrivals: list[tuple[float, str, int]] = []
-        await asyncio.to_thread(_consume_kafka_log, server.bootstrap, settings.messages, arrivals)
+        # uplink: the engine is up, its consumer reading before t0 (else it starts with the engine)
+        consuming = asyncio.create_task(
+            asyncio.to_thread(_consume_kafka_log, server.bootstrap, settings.messages, arrivals))
+        if gate is not None:
+            await asyncio.sleep(KAFKA_CONSUMER_WARMUP_S)
+        meter = CpuMeter(gateway, _KafkaProcess(server))  # type: ignore[arg-type]
+        t0 = time.monotonic() if gate is None else await gate.open()
+        await consuming
         complete = len(arrivals) >= settings.messages
         done = arrivals[settings.messages - 1][0] if complete else time.monotonic()
         cpu = meter.finish(done - t0, settings.messages)
@@ -863,6 +925,8 @@ async def run_kafka(context: RunContext, target: str) -> dict[str, Any]:
     finally:
         gateway.stop()
         server.kill()
+        if gate is not None:
+            await gate.close()
 
 
 async def run_target(context: RunContext, target: str) -> dict[str, Any]:
@@ -1047,6 +1111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kafka-transactional", choices=("true", "false"), default="true",
                         help="the kafka bridge's `transactional` (false: an idempotent producer only, at "
                              "least once; the forwarding bound of a resume-from-log design)")
+    parser.add_argument("--outage", choices=("upstream", "uplink"), default="upstream",
+                        help="upstream (default): the cloud engine is down while the devices publish and is "
+                             "started at t0, so its restart is timed too; uplink: the engine runs on, the "
+                             "gateway's connections are refused until t0 (bench/bridge_gate.py)")
     parser.add_argument("--mosquitto",
                         help="mosquitto executable (default: from PATH, else /usr/sbin/mosquitto)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORK_ROOT,
@@ -1071,7 +1139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = [t for t in TARGETS if t in targets]
     args.settings = Settings(messages=messages, repeat=repeat, qos=args.qos, window=args.window,
                              gateway_log_level=args.gateway_log_level,
-                             kafka_transactional=args.kafka_transactional == "true")
+                             kafka_transactional=args.kafka_transactional == "true", outage=args.outage)
     return args
 
 
@@ -1090,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {work_root} is on {filesystem['type']}: edgebus's fsync costs nothing there")
     mosquitto = mosquitto_executable(args.mosquitto)
     print(f"{settings.messages:,} messages x {settings.repeat}, QoS {settings.qos} on the MQTT bridges, "
-          f"window {settings.window or 'per kind'}")
+          f"window {settings.window or 'per kind'}, outage: {settings.outage}")
     runs: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
     interrupted = False
     started = time.monotonic()

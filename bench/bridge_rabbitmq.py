@@ -31,14 +31,16 @@ from bench.bridge import (
     SETTLE_S,
     STALL_TIMEOUT_S,
     STREAM,
-    CpuMeter,
     RunContext,
     RunError,
     audit,
+    end_outage,
     expected_counts,
     gateway_child,
     number_of,
+    outage_gate,
     publish_outage,
+    start_gateway,
     timing,
     wait_listening,
 )
@@ -103,7 +105,8 @@ async def run_rabbitmq_stream(context: RunContext, target: str) -> dict[str, Any
         "epmd", [EPMD, "-port", str(node.epmd_port), "-address", HOST], context.upstream_core
     )
     upstream = context.child("upstream", [RABBITMQ_SERVER], context.upstream_core, env=node.env())
-    gateway, gateway_port = gateway_child(context, target, node.stream_port)
+    gate = outage_gate(settings, node.stream_port)
+    gateway, gateway_port = gateway_child(context, target, node.stream_port if gate is None else gate.port)
     consumer: Consumer | None = None
     try:
         epmd.start()
@@ -113,15 +116,12 @@ async def run_rabbitmq_stream(context: RunContext, target: str) -> dict[str, Any
         client = await _client(node.stream_port)
         await client.create_stream(STREAM)
         await client.close()
-        upstream.stop()  # SIGTERM: the stream's creation is on disk before the outage
+        if gate is None:
+            upstream.stop()  # SIGTERM: the stream's creation is on disk before the outage
 
-        gateway.start()
-        await wait_listening(gateway, gateway_port)
+        await start_gateway(gateway, gateway_port, gate, target)
         publish_s = await publish_outage(gateway_port, settings)
 
-        upstream.start()
-        meter = CpuMeter(gateway, upstream)
-        t0 = await wait_listening(upstream, node.stream_port, RABBITMQ_START_TIMEOUT_S)
         times: list[float] = []
         log: list[tuple[str, int]] = []
 
@@ -142,25 +142,37 @@ async def run_rabbitmq_stream(context: RunContext, target: str) -> dict[str, Any
                 )
             )
 
-        consumer = Consumer(HOST, node.stream_port, username="guest", password="guest", max_retries=1)
-        deadline = time.monotonic() + RABBITMQ_START_TIMEOUT_S
-        while True:  # the stream's leader is back a moment after the listener
-            try:
-                await consumer.start()
-                await consumer.subscribe(
-                    STREAM,
-                    on_message,
-                    decoder=amqp_decoder,
-                    offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
-                    initial_credit=100,
-                )
-                break
-            except Exception as error:
-                if time.monotonic() > deadline:
-                    raise RunError(f"cannot read stream {STREAM}: {error!r}") from error
-                await consumer.close()
-                consumer = Consumer(HOST, node.stream_port, username="guest", password="guest", max_retries=1)
-                await asyncio.sleep(0.05)
+        async def subscribe() -> Consumer:
+            """A consumer reading the stream from its first offset (the leader is back a moment after the
+            listener, after a restart)."""
+            def new_reader() -> Consumer:
+                return Consumer(HOST, node.stream_port, username="guest", password="guest", max_retries=1)
+
+            reader = new_reader()
+            deadline = time.monotonic() + RABBITMQ_START_TIMEOUT_S
+            while True:
+                try:
+                    await reader.start()
+                    await reader.subscribe(
+                        STREAM,
+                        on_message,
+                        decoder=amqp_decoder,
+                        offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
+                        initial_credit=100,
+                    )
+                    return reader
+                except Exception as error:
+                    if time.monotonic() > deadline:
+                        raise RunError(f"cannot read stream {STREAM}: {error!r}") from error
+                    await reader.close()
+                    reader = new_reader()
+                    await asyncio.sleep(0.05)
+
+        if gate is not None:  # uplink: the engine is up, its consumer too before t0
+            consumer = await subscribe()
+        meter, t0 = await end_outage(gateway, upstream, node.stream_port, gate, RABBITMQ_START_TIMEOUT_S)
+        if gate is None:
+            consumer = await subscribe()
         last_count, last_change = 0, time.monotonic()
         while len(times) < settings.messages:
             if len(times) != last_count:
@@ -182,6 +194,8 @@ async def run_rabbitmq_stream(context: RunContext, target: str) -> dict[str, Any
         gateway.stop()
         upstream.stop(signal.SIGKILL)
         epmd.stop(signal.SIGKILL)
+        if gate is not None:
+            await gate.close()
 
 
 __all__ = ["edgebus_bridge_lines", "run_rabbitmq_stream"]
