@@ -59,9 +59,8 @@ def client_settings(bridge: BridgeConfig, client_id: str) -> dict[str, Any]:
         "client.id": client_id,
         "socket.connection.setup.timeout.ms": max(1000, int(bridge.connect_timeout * 1000)),
         "socket.keepalive.enable": True,
-        # librdkafka reconnects a link by itself (an uplink back after a cut): no slower than the bridge
-        # would, and at most every second (measured: with its 1 s cap the first record came up to 1 s
-        # after the uplink was back, with the bridge's backoff_max at 0.2 s).
+        # librdkafka reconnects a link by itself (an uplink back after a cut): no slower than the bridge's
+        # own backoff would, and at least every second.
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": min(1000, max(50, int(bridge.backoff_max * 1000))),
         # librdkafka logs every refused reconnect; the bridge logs the failure it causes once instead.
