@@ -154,14 +154,17 @@ class _KafkaUplink:
         except (KafkaException, BufferError) as error:
             raise SinkError(f"Kafka produce failed: {describe(error)}") from None
         produced = time.monotonic()
-        if bridge.transactional:
-            await _blocking("commit", producer.commit_transaction, bridge.ack_timeout)
-            # A committed transaction proves the link alive: an "all brokers down" queued while librdkafka
-            # rode out a cut is over (measured: served just after such a commit, it cost a reconnect and
-            # a fencing init_transactions, 0.05-0.5 s).
-            link.forget_stale_errors()
-        else:
-            await _blocking("flush", self._flush, bridge.ack_timeout, len(records))
+        link.committing = True
+        try:
+            if bridge.transactional:
+                await _blocking("commit", producer.commit_transaction, bridge.ack_timeout)
+            else:
+                await _blocking("flush", self._flush, bridge.ack_timeout, len(records))
+        finally:
+            link.committing = False
+        # Acknowledged: the link is alive, whatever "all brokers down" librdkafka queued while it rode out
+        # a short cut (served after the commit, it cost a reconnect, and a fencing init_transactions).
+        link.forget_stale_errors()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%d records committed in %.3f s", len(records), time.monotonic() - produced)
 
@@ -169,7 +172,7 @@ class _KafkaUplink:
         left = self._link.producer.flush(timeout)
         if left:
             raise SinkError(f"{left} of {count} Kafka records unacknowledged within {timeout:g} s")
-        if self._link.dead is not None:
+        if self._link.fatal:
             raise SinkError(f"Kafka link is dead: {self._link.dead}")
 
 
@@ -232,7 +235,7 @@ class KafkaSink(SinkBase):
         """Serve librdkafka's callbacks while idle; a link it reports dead ends the connection."""
         while True:
             link.producer.poll(0)
-            if link.dead is not None:
+            if link.dead is not None and (link.fatal or not link.committing):
                 raise SinkError(f"Kafka link is dead: {link.dead}")
             await trio.sleep(WATCH_INTERVAL_S)
 

@@ -63,6 +63,11 @@ def client_settings(bridge: BridgeConfig, client_id: str) -> dict[str, Any]:
         # own backoff would, and at least every second.
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": min(1000, max(50, int(bridge.backoff_max * 1000))),
+        # No re-bootstrap inside librdkafka (KIP-899): a failed link is closed and the bridge makes a new
+        # client from the configured addresses, which is a re-bootstrap. With it on, a transaction cut by
+        # an uplink outage committed 1.5-2.0 s after the uplink was back, with it off 0.03-0.14 s
+        # (measured in the closing note of issue 13).
+        "metadata.recovery.strategy": "none",
         # librdkafka logs every refused reconnect; the bridge logs the failure it causes once instead.
         "log_level": 2,
     }
@@ -97,6 +102,9 @@ class KafkaLink:
     state_partition: int
     dead: str | None = None  # set by librdkafka's error callback: every broker down, or a fatal error
     fatal: bool = False
+    # A commit (or flush) is waiting on a worker thread: its own timeout (ack_timeout) decides whether
+    # the link is dead, so that a short outage does not end a link that is about to commit.
+    committing: bool = False
 
     def on_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() == KafkaError._ALL_BROKERS_DOWN:
