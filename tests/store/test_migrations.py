@@ -60,7 +60,7 @@ def test_a_version_2_outbox_row_keeps_its_data_and_never_expires(tmp_path: Path)
     store = Store(tmp_path / "data")
     state = store.load()
     store.close(clean=True)
-    assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None)]}
+    assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None, ())]}
     assert state.bridge_cursors == {"cloud": 6}
     assert state.epoch == epoch  # the epoch survives: ids already upstream stay ours
 
