@@ -13,7 +13,8 @@ Exactly once, the JetStream way:
   alone (a warning says so, once).
 
 NATS has no retain flag: a retained record is published with the header ``Edgebus-Retain: 1`` and an inbound
-message with that header is delivered as retained.
+message with that header is delivered as retained. The device's content type and user properties are
+headers too (edgebus.bridge.jetstream_headers).
 
 Inbound messages are at least once upstream of the gateway: a message is acknowledged only after ``deliver``
 returned; an ack lost with the link means a redelivery.

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from edgebus.bridge.aio import describe
+from edgebus.bridge.jetstream_headers import CONTENT_TYPE_HEADER, RETAIN_HEADER, record_headers
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, Record, SinkError
 from edgebus.config import BridgeConfig
 from edgebus.transport.tls import client_context
@@ -40,9 +41,6 @@ log = logging.getLogger("edgebus.bridge.jetstream")
 
 T = TypeVar("T")
 
-#: NATS has no retain flag; this header carries it both ways ("1" = retained).
-RETAIN_HEADER = "Edgebus-Retain"
-CONTENT_TYPE_HEADER = "Content-Type"
 #: Seconds closing a connection may take (it waits for nothing the runner needs).
 CLOSE_TIMEOUT_S = 2.0
 #: JetStream API error code for "no message found" (STREAM.MSG.GET on an empty filter).
@@ -241,11 +239,7 @@ class NatsLink:
                     self._acks[token] = future
                     tokens.append(token)
                     waiting.append(future)
-                    headers = {MESSAGE_ID_HEADER: record.message_id}
-                    if record.content_type:
-                        headers[CONTENT_TYPE_HEADER] = record.content_type
-                    if record.retain:
-                        headers[RETAIN_HEADER] = "1"
+                    headers = record_headers(record)
                     # nats-py's flusher task writes what publish buffers; no PING round trip needed: the acks
                     # are the confirmation, and a PONG would not come from a dead server either.
                     await self.client.publish(

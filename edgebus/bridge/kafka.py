@@ -24,8 +24,11 @@ knows nothing: at least once.
 
 Records: topic from the rule (edgebus.bridge.rules), key from the ``key`` template (default the MQTT topic:
 one partition per topic, so per-topic order), headers ``edgebus-msg-id`` (``<gateway>:<epoch>:<seq>``),
-``edgebus-topic`` (the MQTT topic), ``edgebus-retain: 1`` when retained, and ``content-type`` after a
-cbor-json transform. Consumers must read with ``isolation.level=read_committed``.
+``edgebus-topic`` (the MQTT topic), ``edgebus-retain: 1`` when retained, ``content-type`` (the device's
+MQTT 5 Content Type, or application/json after a cbor-json transform), then one header per MQTT 5 user
+property, name and value as the device gave them, in order. Kafka headers may repeat, so a user property
+named like one of ours is sent too, after ours: readers take the first of a name. Consumers must read with
+``isolation.level=read_committed``.
 
 In rules: a consumer group named after the client id; a batch's offsets are committed only after every
 message of it was delivered (committed to the local store): at least once.
@@ -145,6 +148,9 @@ class _KafkaUplink:
                     headers.append((RETAIN_HEADER, "1"))
                 if record.content_type:
                     headers.append((CONTENT_TYPE_HEADER, record.content_type))
+                if record.user_properties:
+                    # After ours, one header each, as given and in order (Kafka headers may repeat).
+                    headers.extend(record.user_properties)
                 key = expand_template(bridge.key, mqtt_topic) if bridge.key else None
                 producer.produce(kafka_topic, record.payload, key, headers=headers)
             if bridge.transactional:
@@ -285,7 +291,10 @@ class KafkaSink(SinkBase):
     async def _deliver(self, message: Message) -> None:
         raw = message.headers() or []
         pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = {name: _bytes(value) for name, value in pairs}
+        headers: dict[str, bytes | None] = {}
+        for name, value in pairs:
+            # The first of a name is ours (edgebus writes its headers before a device's user properties).
+            headers.setdefault(name, _bytes(value))
         topic_value = headers.get(TOPIC_HEADER)
         key = message.key()
         if topic_value is not None:

@@ -33,7 +33,7 @@ from edgebus.core.client import (
 )
 from edgebus.core.flows import MAX_PACKET_ID
 from edgebus.protocol.enums import MQTT_5, RetainHandling
-from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription
+from edgebus.protocol.packets import NO_PROPERTIES, Properties, Subscription, UserProperties
 
 __all__ = ["CHECKPOINT_QOS", "INBOUND_QOS0_BUFFER", "MqttUplink", "packet_id_of"]
 
@@ -363,9 +363,13 @@ class MqttUplink:
         for record in records:
             properties = NO_PROPERTIES
             if v5:
+                # Ours first, then the device's in their order [MQTT-3.3.2-18]; 3.1.1 has no properties.
+                user_properties: UserProperties = ((MESSAGE_ID_PROPERTY, record.message_id),)
+                if record.user_properties:
+                    user_properties += record.user_properties
                 properties = Properties(
                     message_expiry_interval=record.expiry_interval,
-                    user_properties=((MESSAGE_ID_PROPERTY, record.message_id),),
+                    user_properties=user_properties,
                     content_type=record.content_type,
                 )
             qos = record.qos

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from edgebus.protocol.packets import UserProperties
 from edgebus.store import OutboxRow, Store
 
 __all__ = ["Entry", "Outbox"]
@@ -19,6 +20,20 @@ __all__ = ["Entry", "Outbox"]
 #: What one entry costs in the byte budget besides its payload and topic: about its memory (the Entry,
 #: the bytes object's header, the float; measured with tracemalloc at ~160 B), so the budget bounds RAM.
 ENTRY_OVERHEAD_BYTES = 160
+#: What each MQTT 5 user property costs besides its characters: its pair tuple, its slot in the entry's
+#: tuple and its two str objects (sys.getsizeof: 8 + 56 + 2 x 49); the entry's tuple of them adds 40.
+USER_PROPERTY_OVERHEAD_BYTES = 162
+USER_PROPERTIES_OVERHEAD_BYTES = 40
+
+
+def properties_size(content_type: str | None, user_properties: UserProperties) -> int:
+    """What a message's content type and user properties cost in the outbox budget."""
+    size = len(content_type) if content_type else 0
+    if user_properties:
+        size += USER_PROPERTIES_OVERHEAD_BYTES
+        for name, value in user_properties:
+            size += len(name) + len(value) + USER_PROPERTY_OVERHEAD_BYTES
+    return size
 
 
 @dataclass(slots=True)
@@ -29,13 +44,17 @@ class Entry:
     qos: int
     retain: bool
     content_type: str | None
+    user_properties: UserProperties  # in order, names may repeat [MQTT-3.3.2-18]; the shared () when none
     queued_at: float  # wall clock
     expires_at: float | None  # wall clock; None: never [MQTT-3.3.2-5]
     batch: int  # the store batch that holds it (0: not stored); sent only once that batch is on disk
 
     @property
     def size(self) -> int:
-        return len(self.payload) + len(self.topic) + ENTRY_OVERHEAD_BYTES
+        size = len(self.payload) + len(self.topic) + ENTRY_OVERHEAD_BYTES
+        if self.content_type or self.user_properties:
+            size += properties_size(self.content_type, self.user_properties)
+        return size
 
 
 class Outbox:
@@ -66,10 +85,12 @@ class Outbox:
     def restore(self, rows: list[OutboxRow], forwarded_seq: int) -> None:
         """Load what the store held (rows in sequence order) at startup."""
         self.forwarded_seq = forwarded_seq
-        for seq, topic, payload, qos, retain, content_type, queued_at, expires_at in rows:
+        for seq, topic, payload, qos, retain, content_type, queued_at, expires_at, user_properties in rows:
             if seq <= forwarded_seq:
                 continue  # forwarded, its delete not yet applied when the store was read: gone
-            entry = Entry(seq, topic, payload, qos, retain, content_type, queued_at, expires_at, 0)
+            entry = Entry(
+                seq, topic, payload, qos, retain, content_type, user_properties, queued_at, expires_at, 0
+            )
             self.entries.append(entry)
             self.bytes += entry.size
         last = self.entries[-1].seq if self.entries else 0
@@ -87,6 +108,7 @@ class Outbox:
         content_type: str | None,
         now_wall: float,
         expires_at: float | None = None,
+        user_properties: UserProperties = (),
     ) -> int | None:
         """Queue a message; returns the store batch it is written in (0 without a store), or None when
         the outbox is full and refuses it. Under drop-oldest the oldest entries not in flight make room."""
@@ -102,9 +124,12 @@ class Outbox:
         batch = 0
         if store is not None:
             batch = store.journal.bridge_queued(
-                self.name, seq, topic, payload, qos, retain, content_type, now_wall, expires_at
+                self.name, seq, topic, payload, qos, retain, content_type, now_wall, expires_at,
+                user_properties,
             )
-        entry = Entry(seq, topic, payload, qos, retain, content_type, now_wall, expires_at, batch)
+        entry = Entry(
+            seq, topic, payload, qos, retain, content_type, user_properties, now_wall, expires_at, batch
+        )
         self.entries.append(entry)
         self.bytes += entry.size
         return batch

@@ -250,6 +250,7 @@ class StreamLink:
                 record.retain,
                 record.content_type,
                 expires_at_ms,
+                record.user_properties,
             )
             if frame_bytes + len(data) > FRAME_BYTES and frames[-1]:
                 frames.append([])

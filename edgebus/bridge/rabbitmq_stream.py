@@ -16,7 +16,8 @@ Exactly once, the RabbitMQ-stream way:
   seq: the outbox order, hence per-topic order, even if a late frame of a dead connection arrives.
 
 Each message is an AMQP 1.0 message (edgebus.bridge.amqp_message): ``edgebus-msg-id``, ``mqtt-topic``
-and ``mqtt-retain`` application properties, content type and expiry in the properties, payload as data.
+and ``mqtt-retain`` application properties, then the device's MQTT 5 user properties (a repeated name's
+values joined), content type and expiry in the properties, payload as data.
 Out rules only: every out rule goes to the bridge's one ``stream``; the rule's remote topic is the
 ``mqtt-topic`` property.
 """

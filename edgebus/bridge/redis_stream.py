@@ -43,11 +43,14 @@ from edgebus.bridge.sink import (
 )
 from edgebus.config import BridgeConfig
 
-__all__ = ["RedisStreamSink", "default_stream", "entry_arguments", "split_entry_id"]
+__all__ = ["USER_PROPERTY_PREFIX", "RedisStreamSink", "default_stream", "entry_arguments", "split_entry_id"]
 
 log = logging.getLogger(__name__)
 
 
+#: The field-name prefix of the MQTT 5 user properties (one field each, in order, repeats kept). The fields
+#: edgebus writes itself (payload, topic, edgebus-msg-id, content-type, retain) never contain ":".
+USER_PROPERTY_PREFIX = "prop:"
 #: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 #: False: entries get server-made ids (``*``); only for the control run showing why the scheme is there.
 EXPLICIT_IDS = True
@@ -75,6 +78,8 @@ def entry_arguments(base_ms: int, records: Sequence[Record]) -> list[bytes | str
             fields += ["content-type", record.content_type]
         if record.retain:
             fields += ["retain", "1"]
+        for name, value in record.user_properties:
+            fields += [USER_PROPERTY_PREFIX + name, value]
         entry_id = f"{base_ms}-{record.seq}" if EXPLICIT_IDS else "*"
         arguments += [entry_id, len(fields), *fields]
     return arguments

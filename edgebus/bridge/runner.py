@@ -122,7 +122,10 @@ class Bridge:
         if route is None:
             return NOT_ROUTED
         payload = message.payload
-        content_type = None
+        # The device's own Content Type and User Properties go up with it (NO_PROPERTIES: None and the
+        # shared (), nothing allocated for a message without them).
+        properties = message.properties
+        content_type = properties.content_type
         if route.rule.transform == "cbor-json":
             converted = cbor_to_json(payload)
             if converted is None:
@@ -137,6 +140,7 @@ class Bridge:
             content_type,
             time.time(),
             wall_time(message.expiry_deadline),
+            properties.user_properties,
         )
         if batch is None:
             return None
@@ -291,6 +295,7 @@ class Bridge:
                     e.retain,
                     e.content_type,
                     None if e.expires_at is None else max(1, int(e.expires_at - now_wall + 0.999)),
+                    e.user_properties,
                 )
                 for e in entries
                 # [MQTT-3.3.2-5]: a message whose expiry passed before onward delivery began is deleted.

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from edgebus.bridge.rules import TopicMap
 from edgebus.config import BridgeConfig
+from edgebus.protocol.packets import UserProperties
 
 __all__ = [
     "MESSAGE_ID_HEADER",
@@ -69,8 +70,10 @@ class Record:
     payload: bytes  # already transformed
     qos: int  # the rule's QoS (MQTT upstream)
     retain: bool
-    content_type: str | None  # "application/json" after the cbor-json transform
+    content_type: str | None  # the device's Content Type, or "application/json" after the cbor-json transform
     expiry_interval: int | None = None  # seconds left of the MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]
+    # The device's MQTT 5 User Properties, in order, names may repeat [MQTT-3.3.2-18]; () when none.
+    user_properties: UserProperties = ()
 
 
 @dataclass(frozen=True, slots=True)

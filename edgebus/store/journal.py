@@ -17,7 +17,7 @@ from edgebus.core.message import Message
 from edgebus.core.outbox import Delivery
 from edgebus.core.session import Session, SubscriptionOptions
 from edgebus.protocol.enums import MQTT_5, PacketType
-from edgebus.protocol.packets import NO_PROPERTIES, Properties, Will
+from edgebus.protocol.packets import NO_PROPERTIES, Properties, UserProperties, Will
 from edgebus.protocol.properties import encode_properties
 from edgebus.store.ops import (
     BridgeDropped,
@@ -52,6 +52,13 @@ def wall_time(deadline: float | None) -> float | None:
 
 def property_block(props: Properties) -> bytes | None:
     return None if props is NO_PROPERTIES else encode_properties(props, PacketType.PUBLISH)
+
+
+def user_properties_block(user_properties: UserProperties) -> bytes | None:
+    """User Properties as the outbox table keeps them: their PUBLISH property block, None for none."""
+    if not user_properties:
+        return None
+    return encode_properties(Properties(user_properties=user_properties), PacketType.PUBLISH)
 
 
 P = ParamSpec("P")
@@ -237,9 +244,20 @@ class StoreJournal:
         content_type: str | None,
         queued_at: float,
         expires_at: float | None,
+        user_properties: UserProperties = (),
     ) -> int:
         return self.store.append(
-            BridgeQueued, bridge, seq, topic, payload, qos, retain, content_type, queued_at, expires_at
+            BridgeQueued,
+            bridge,
+            seq,
+            topic,
+            payload,
+            qos,
+            retain,
+            content_type,
+            queued_at,
+            expires_at,
+            user_properties_block(user_properties),
         )
 
     def bridge_dropped(self, bridge: str, seq: int) -> int:

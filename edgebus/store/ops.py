@@ -206,9 +206,10 @@ class BridgeQueued(NamedTuple):
     content_type: str | None
     queued_at: float  # wall clock
     expires_at: float | None  # wall clock
+    user_properties: bytes | None  # MQTT 5 property block of the User Properties, NULL if none
 
     def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self)
+        db.execute("INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self)
 
 
 class BridgeDropped(NamedTuple):

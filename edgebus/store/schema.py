@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: The schema this edgebus writes; a database at a newer version is refused (treated as damaged).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,5 +113,10 @@ DROP TABLE deliveries;
 ALTER TABLE deliveries_v4 RENAME TO deliveries
 """
 
+# Version 5: a bridged message's MQTT 5 User Properties (issue 13), in order, repeats kept [MQTT-3.3.2-18]:
+# their property block as on the wire (each pair 0x26, name, value; the form the messages table keeps its
+# properties in, read back by the same codec), NULL when there are none. Rows of older versions have none.
+_SCHEMA_V5 = "ALTER TABLE bridge_outbox ADD COLUMN user_properties BLOB"
+
 #: Schema migrations: MIGRATIONS[n] takes a database from version n to n + 1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}

@@ -12,12 +12,15 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgebus.config import Durability
+from edgebus.protocol.enums import PacketType
+from edgebus.protocol.errors import ProtocolError
+from edgebus.protocol.packets import UserProperties
+from edgebus.protocol.properties import read_properties
 from edgebus.store.ops import Op
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -40,8 +43,9 @@ CHECKPOINT_BYTES = 4 * 1024 * 1024
 
 _SESSION_COLUMNS = "client_id, protocol_level, expiry_interval, disconnected_at"
 
-#: A bridge outbox row: seq, topic, payload, qos, retain, content_type, queued_at, expires_at.
-OutboxRow = tuple[int, str, bytes, int, bool, str | None, float, float | None]
+#: A bridge outbox row: seq, topic, payload, qos, retain, content_type, queued_at, expires_at,
+#: user_properties.
+OutboxRow = tuple[int, str, bytes, int, bool, str | None, float, float | None, UserProperties]
 
 
 @dataclass(slots=True)
@@ -77,8 +81,8 @@ class StoredState:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     retained: list[tuple[str, bytes, int, bytes | None, float | None]] = field(default_factory=list)
     wills: list[tuple[str, str, bytes, int, bool, bytes | None, int, float]] = field(default_factory=list)
-    # Per bridge: its outbox rows (seq, topic, payload, qos, retain, content_type, queued_at, expires_at)
-    # in order, and the last sequence known to be forwarded.
+    # Per bridge: its outbox rows (seq, topic, payload, qos, retain, content_type, queued_at, expires_at,
+    # user_properties) in order, and the last sequence known to be forwarded.
     bridge_outboxes: dict[str, list[OutboxRow]] = field(default_factory=dict)
     bridge_cursors: dict[str, int] = field(default_factory=dict)
     epoch: str = ""
@@ -255,11 +259,11 @@ class Database:
         state.wills = [
             (r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in db.execute("SELECT * FROM wills")
         ]
-        for bridge, seq, topic, payload, qos, retain, content_type, queued_at, expires_at in db.execute(
-            "SELECT * FROM bridge_outbox ORDER BY bridge, seq"
-        ):
+        for row in db.execute("SELECT * FROM bridge_outbox ORDER BY bridge, seq"):
+            bridge, seq, topic, payload, qos, retain, content_type, queued_at, expires_at, props = row
+            user_properties = _user_properties(props)
             state.bridge_outboxes.setdefault(bridge, []).append(
-                (seq, topic, payload, qos, bool(retain), content_type, queued_at, expires_at)
+                (seq, topic, payload, qos, bool(retain), content_type, queued_at, expires_at, user_properties)
             )
         state.bridge_cursors = dict(db.execute("SELECT * FROM bridge_cursor"))
         row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -309,9 +313,14 @@ class Database:
                 copied = 0
                 # A session keeps its rowid: its deliveries refer to it.
                 columns = "rowid, *" if table == "sessions" else "*"
-                into = f"{table} (rowid, {_SESSION_COLUMNS})" if table == "sessions" else table
                 try:
-                    rows: Iterable[tuple[Any, ...]] = old.execute(f"SELECT {columns} FROM {table}")
+                    rows: sqlite3.Cursor = old.execute(f"SELECT {columns} FROM {table}")
+                    # Named columns: a damaged store of an older schema lacks the columns added since
+                    # (e.g. bridge_outbox.user_properties), which then stay NULL.
+                    names = ", ".join(column[0] for column in rows.description)
+                    into = f"{table} ({names})"
+                    if table == "sessions":
+                        into = f"{table} (rowid, {_SESSION_COLUMNS})"
                     with _transaction(db):
                         for row in rows:
                             marks = ", ".join("?" * len(row))
@@ -337,3 +346,14 @@ class Database:
             log.error("store: closing %s: %s", self.path, exc)
         finally:
             db.close()
+
+
+def _user_properties(block: bytes | None) -> UserProperties:
+    """An outbox row's User Properties from their stored property block (NULL: none)."""
+    if not block:
+        return ()
+    try:
+        return read_properties(block, 0, len(block), PacketType.PUBLISH)[0].user_properties
+    except ProtocolError as exc:  # a row sqlite's checks passed but whose block is not one of ours
+        log.error("store: an outbox row's user properties are unreadable (%s): forwarded without them", exc)
+        return ()

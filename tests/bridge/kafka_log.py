@@ -29,7 +29,8 @@ class StoredRecord:
     offset: int
     key: bytes | None
     value: bytes
-    headers: dict[str, bytes]
+    headers: dict[str, bytes]  # the first of each name
+    header_list: tuple[tuple[str, bytes], ...] = ()  # every header, in order, repeats included
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[StoredRecord]:
@@ -71,11 +72,17 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Stored
                 at_end.discard(partition)
                 raw = message.headers() or []
                 pairs = raw.items() if isinstance(raw, dict) else raw
-                headers = {
-                    name: value.encode() if isinstance(value, str) else value or b"" for name, value in pairs
-                }
+                header_list = tuple(
+                    (name, value.encode() if isinstance(value, str) else value or b"")
+                    for name, value in pairs
+                )
+                headers: dict[str, bytes] = {}
+                for name, header_value in header_list:
+                    headers.setdefault(name, header_value)
                 offset, value = message.offset() or 0, message.value() or b""
-                records[partition].append(StoredRecord(partition, offset, message.key(), value, headers))
+                records[partition].append(
+                    StoredRecord(partition, offset, message.key(), value, headers, header_list)
+                )
         return [record for p in partitions for record in records[p]]
     finally:
         consumer.close()

@@ -3,6 +3,7 @@ same port and store), and `NatsAdmin`: nats-py on an asyncio thread of its own t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -180,6 +181,15 @@ class NatsAdmin:
             assert raw.seq is not None and raw.subject is not None
             found.append(StoredMessage(raw.seq, raw.subject, raw.data or b"", dict(raw.headers or {})))
         return found
+
+    async def raw_headers(self, stream: str, seq: int) -> bytes:
+        """Message ``seq``'s header block as the stream stores it (STREAM.MSG.GET): every line, in order,
+        repeated names included (nats-py's parsed headers are a dict)."""
+        request = self._client.request
+        subject = f"$JS.API.STREAM.MSG.GET.{stream}"
+        body = json.dumps({"seq": seq}).encode()
+        reply = await self._loop.run(request, subject, body, 5, timeout=10)
+        return base64.b64decode(json.loads(reply.data)["message"].get("hdrs", ""))
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> int:
         """A JetStream publish; returns the stream sequence."""

@@ -137,6 +137,22 @@ async def test_byte_budget(start_broker: StartBroker, paho: Callable[..., PahoCl
     assert codes[0] == ReasonCode.SUCCESS
 
 
+async def test_byte_budget_counts_user_properties_and_content_type(
+    start_broker: StartBroker, paho: Callable[..., PahoClient]
+) -> None:
+    # A one-byte payload with two user properties and a content type costs ~650 budget bytes (what their
+    # strings and tuples hold in memory), not ~180: a 1,000 byte budget takes two such messages, not six.
+    broker = await start_broker(bridges=(unreachable_bridge(max_bytes=1000),))
+    device = await connected(paho, broker, "device")
+    properties = {"user_properties": [("k", "v" * 50), ("k", "w" * 50)], "content_type": "text/plain"}
+    codes = [
+        (await device.publish("sensors/p", b"x", qos=1, properties=properties)).reason_code for _ in range(4)
+    ]
+    assert codes == [ReasonCode.SUCCESS] * 2 + [ReasonCode.QUOTA_EXCEEDED] * 2
+    assert broker.broker is not None
+    assert int(broker.broker.sys_values()["$SYS/broker/bridge/cloud/queued_bytes"]) > 1000
+
+
 async def test_cbor_payloads_are_stored_as_json(
     start_broker: StartBroker, paho: Callable[..., PahoClient]
 ) -> None:

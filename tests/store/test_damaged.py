@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from edgebus.protocol import MQTT_5, Publish
 from edgebus.store import DB_NAME, Store
 from edgebus.store.ops import (
+    BridgeQueued,
     DeliveryQueued,
     MessageSaved,
     RetainedSet,
@@ -19,6 +21,7 @@ from edgebus.store.ops import (
     SessionSaved,
     SubscriptionSaved,
 )
+from edgebus.store.schema import MIGRATIONS
 from edgebus.store.sqlite import Database
 from tests.clients import PEER, RawClient, Sub
 from tests.conftest import StartBroker
@@ -164,3 +167,41 @@ def test_salvaged_sessions_keep_their_queues(tmp_path: Path) -> None:
         fresh.close(clean=True)
     assert list(state.sessions) == ["stays"]
     assert state.sessions["stays"].deliveries == [(1, 1, 1, False, (), None, 0)]
+
+
+def test_salvage_from_an_older_schema_keeps_the_outbox(tmp_path: Path) -> None:
+    # A store damaged before it could be migrated is of an older schema: its outbox rows lack the columns
+    # added since (schema 5: user_properties), and are carried over with those left NULL.
+    old = tmp_path / "damaged.db"
+    db = sqlite3.connect(old)
+    for step in range(4):
+        for statement in MIGRATIONS[step].split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO bridge_outbox VALUES ('cloud', 3, 'gw/t', x'01', 1, 0, NULL, 1.5, NULL)")
+    db.commit()
+    db.close()
+    fresh = Database(tmp_path / "fresh")
+    fresh.data_dir.mkdir()
+    fresh._open(create=True)
+    try:
+        fresh._salvage(old)
+        state = fresh._read()
+    finally:
+        fresh.close(clean=True)
+    assert state.bridge_outboxes == {"cloud": [(3, "gw/t", b"\x01", 1, False, None, 1.5, None, ())]}
+
+
+def test_unreadable_user_properties_are_logged_and_the_message_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user-properties block that is not one (sqlite's checks cannot see inside a BLOB): the message is
+    # still forwarded, without them, and the log says so.
+    database = Database(tmp_path / "data")
+    database.load()
+    database.apply([BridgeQueued("cloud", 1, "gw/t", b"x", 1, False, None, 1.0, None, b"\x05\xff\xff")])
+    database.close(clean=True)
+    with caplog.at_level(logging.ERROR, logger="edgebus.store"):
+        state = Database(tmp_path / "data").load()
+    assert state.bridge_outboxes == {"cloud": [(1, "gw/t", b"x", 1, False, None, 1.0, None, ())]}
+    assert "user properties are unreadable" in " ".join(r.getMessage() for r in caplog.records)

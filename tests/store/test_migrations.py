@@ -60,7 +60,7 @@ def test_a_version_2_outbox_row_keeps_its_data_and_never_expires(tmp_path: Path)
     store = Store(tmp_path / "data")
     state = store.load()
     store.close(clean=True)
-    assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None)]}
+    assert state.bridge_outboxes == {"cloud": [(7, "gw/t", b"\x01", 2, False, None, 1.5, None, ())]}
     assert state.bridge_cursors == {"cloud": 6}
     assert state.epoch == epoch  # the epoch survives: ids already upstream stay ours
 
@@ -97,6 +97,38 @@ def test_a_version_3_queue_keeps_its_deliveries_named_by_session_row(tmp_path: P
     state = store.load()
     store.close(clean=True)
     assert list(state.sessions) == ["other"]
+
+
+def test_a_version_4_outbox_gains_user_properties_kept_in_order(tmp_path: Path) -> None:
+    # Version 5 adds bridge_outbox.user_properties (issue 13): a row of version 4 has none; a row written
+    # now keeps its MQTT 5 User Properties in order, a repeated name twice [MQTT-3.3.2-18], stored as
+    # their property block on the wire (0x26, name, value; NULL for none).
+    path = _old_store(tmp_path / "data", 4)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO bridge_outbox VALUES ('cloud', 7, 'gw/t', x'01', 1, 0, 'text/plain', 1.5, NULL)")
+    db.commit()
+    db.close()
+    pairs = (("unit", "°C"), ("tag", "a"), ("tag", "b"))
+    store = Store(tmp_path / "data")
+    state = store.load()
+    try:
+        (row,) = state.bridge_outboxes["cloud"]
+        assert row == (7, "gw/t", b"\x01", 1, False, "text/plain", 1.5, None, ())
+        store.journal.bridge_queued("cloud", 8, "gw/u", b"\x02", 1, True, None, 2.5, None, pairs)
+        store.journal.bridge_queued("cloud", 9, "gw/v", b"\x03", 1, False, None, 3.5, None, ())
+        store.finish()
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    blocks = [row[0] for row in db.execute("SELECT user_properties FROM bridge_outbox ORDER BY seq")]
+    db.close()
+    body = b"\x26\x00\x04unit\x00\x03" + "°C".encode() + b"\x26\x00\x03tag\x00\x01a\x26\x00\x03tag\x00\x01b"
+    assert blocks == [None, bytes([len(body)]) + body, None]
+    store = Store(tmp_path / "data")
+    state = store.load()
+    store.close(clean=True)
+    assert [row[0] for row in state.bridge_outboxes["cloud"]] == [7, 8, 9]
+    assert [row[8] for row in state.bridge_outboxes["cloud"]] == [(), pairs, ()]
 
 
 def test_a_session_saved_again_keeps_its_queue(tmp_path: Path) -> None:
