@@ -16,8 +16,8 @@ import trio
 
 from edgebus import __version__
 from edgebus.auth import PBKDF2_ITERATIONS, AclError, PasswordFileError, set_password
-from edgebus.client_trio import unwrap_single_error
 from edgebus.config import Config, ConfigError, load_config, parse_listen_address
+from edgebus.nursery import unwrap_single_error
 from edgebus.server.config_file import StartupProblems, read_config_file, startup_problems
 from edgebus.server.reload import ReloadRefused
 from edgebus.systemd import Notifier

@@ -6,8 +6,8 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -21,6 +21,7 @@ from edgebus.core.client import (
     SubscribeAcknowledged,
     UnsubscribeAcknowledged,
 )
+from edgebus.nursery import unwrap_single_error
 from edgebus.protocol.packets import NO_PROPERTIES, ConnAck, Properties, Subscription
 from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream
@@ -332,21 +333,6 @@ async def connect_mqtt(
             connack.reason_code,
         )
     raise ConnectError(f"{host}:{port} closed the connection before CONNACK ({connection.close_reason})")
-
-
-@contextmanager
-def unwrap_single_error() -> Iterator[None]:
-    """A nursery wraps even a single error in an exception group: raise that one as it was, so callers
-    can catch ConnectError, SinkError ... directly. Errors all of one type (two tasks that saw the same
-    dead link) count as one: the first is raised."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        errors = group.exceptions
-        first = errors[0]
-        if not isinstance(first, BaseExceptionGroup) and all(type(e) is type(first) for e in errors):
-            raise first from None
-        raise
 
 
 @asynccontextmanager

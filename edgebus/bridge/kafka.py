@@ -64,8 +64,8 @@ from edgebus.bridge.sink import (
     SinkError,
     Uplink,
 )
-from edgebus.client_trio import unwrap_single_error
 from edgebus.config import BridgeConfig
+from edgebus.nursery import unwrap_single_error
 
 __all__ = ["CONTENT_TYPE_HEADER", "RETAIN_HEADER", "TOPIC_HEADER", "KafkaSink"]
 

@@ -39,9 +39,10 @@ import trio
 from edgebus.bridge.mqtt_uplink import MqttUplink
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import BridgeIdentity, Deliver, SinkBase, SinkError
-from edgebus.client_trio import ConnectError, connect_mqtt, unwrap_single_error
+from edgebus.client_trio import ConnectError, connect_mqtt
 from edgebus.config import BridgeConfig
 from edgebus.core.client import ClientOptions, ClientState
+from edgebus.nursery import unwrap_single_error
 from edgebus.protocol.enums import MQTT_5
 from edgebus.transport.tls import client_context
 

@@ -3,7 +3,6 @@ Streams) is its module plus one branch in `sink_class`."""
 
 from __future__ import annotations
 
-from edgebus.bridge.mqtt import MqttSink
 from edgebus.bridge.sink import SinkFactory
 from edgebus.bridge.transform import require_kafka, require_nats, require_redis, require_rstream
 
@@ -12,6 +11,9 @@ def sink_class(kind: str) -> SinkFactory:
     """The sink class of bridge kind ``kind``: the `SinkFactory` its `edgebus.bridge.runner.Bridge` is given.
     RuntimeError when the engine's client library is not installed; ValueError for an unknown kind."""
     if kind == "mqtt":
+        # Imported here too: a gateway without an MQTT bridge never loads the MQTT client (~0.7 MB).
+        from edgebus.bridge.mqtt import MqttSink
+
         return MqttSink
     if kind == "nats-jetstream":
         require_nats()

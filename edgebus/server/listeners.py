@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from edgebus.config import Config, ListenAddress, ListenerConfig
-from edgebus.http.server import HttpServer
-from edgebus.http.service import HttpService
 from edgebus.http.view import ListenerInfo
 from edgebus.transport.listener import HTTP_TYPES, Listener, StreamHandler, make_ssl_context
+
+if TYPE_CHECKING:
+    from edgebus.http.server import HttpServer
+    from edgebus.http.service import HttpService
 
 log = logging.getLogger("edgebus.server.listeners")
 
@@ -67,8 +70,8 @@ class ListenerPlan:
 
 
 class ListenerSet:
-    def __init__(self, http: HttpService) -> None:
-        self.http = http
+    def __init__(self, http_service: Callable[[], HttpService]) -> None:
+        self._http_service = http_service  # made on first use: most gateways have no http listener
         self.running: dict[ListenerKey, _Accepting] = {}
         self._nursery: trio.Nursery | None = None
         self._handler: StreamHandler | None = None
@@ -102,12 +105,12 @@ class ListenerSet:
         listener = _make(key)
         if listener.config.type not in HTTP_TYPES:
             return _Accepting(listener)
-        return _Accepting(listener, self.http.server_for(listener.config))
+        return _Accepting(listener, self._http_service().server_for(listener.config))
 
     def _stopped(self, accepting: _Accepting) -> None:
         accepting.listener.close()
         if accepting.http is not None:
-            self.http.retire(accepting.http)
+            self._http_service().retire(accepting.http)
 
     def open(self, config: Config) -> None:
         """Bind everything at start; on failure close what was opened and raise."""
@@ -161,7 +164,7 @@ class ListenerSet:
                 self._stopped(accepting)
             raise
         tokens = {
-            key: self.http.read_tokens(accepting.http)
+            key: self._http_service().read_tokens(accepting.http)
             for key, accepting in self.running.items()
             if key in order and accepting.http is not None
         }
@@ -190,7 +193,7 @@ class ListenerSet:
         for key, tokens in plan.new_tokens.items():
             http = self.running[key].http
             assert http is not None
-            self.http.set_tokens(http, tokens)
+            self._http_service().set_tokens(http, tokens)
         stopping = [(key, self.running.pop(key)) for key in plan.removed]
         for _, accepting in stopping:
             accepting.scope.cancel()

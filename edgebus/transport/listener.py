@@ -15,7 +15,6 @@ from edgebus.config import Config, ListenerConfig
 from edgebus.transport.stream import ClientStream
 from edgebus.transport.tcp import TcpStream, open_listening_sockets, serve_tcp
 from edgebus.transport.tls import TlsStream, server_context
-from edgebus.transport.websocket import WebSocketStream
 
 log = logging.getLogger("edgebus.transport")
 
@@ -89,6 +88,10 @@ class Listener:
         if self.ssl_context is not None:
             inner = TlsStream(stream, self.ssl_context, config.use_identity_as_username)
         if config.type in ("ws", "wss"):
+            # Imported on the first WebSocket connection: wsproto and h11 cost ~0.4 MB a gateway without
+            # a WebSocket listener never needs.
+            from edgebus.transport.websocket import WebSocketStream
+
             return WebSocketStream(inner, config.path)
         return inner
 

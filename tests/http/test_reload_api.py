@@ -187,7 +187,7 @@ async def test_an_http_listener_added_and_removed_by_a_reload(
     refused = dataclasses.replace(broker.config, listener=(listener,), security=security)
     with pytest.raises(ReloadRefused, match="missing"):
         await broker.reload_config(refused)
-    assert broker.http.servers == {} and broker.listener_info()[0].type == "tcp"
+    assert broker.http is not None and broker.http.servers == {} and broker.listener_info()[0].type == "tcp"
     assert len(broker.listener_info()) == 1
     report = await broker.reload_config(dataclasses.replace(broker.config, listener=(listener,)))
     assert report.changed == [f"listener http 127.0.0.1:{port}: added"], report
