@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pytest
 import trio
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from edgebus_fleet.proxy import ChaosProxy
 
 from edgebus.bridge.kafka import KafkaSink
@@ -210,13 +210,25 @@ async def test_in_rule_delivers_then_commits_offsets(kafka: KafkaServer) -> None
         producer.produce(topic, b"kept", b"cmd/dev3", headers=[("edgebus-retain", b"1")])
         assert producer.flush(10) == 0
 
+    def committed() -> int:
+        """The records the group has committed (over the topic's partitions)."""
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": client_id, "log_level": 2})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            return sum(max(0, part.offset) for part in found)
+        finally:
+            consumer.close()
+
     await trio.to_thread.run_sync(publish)
     sink = make_sink(bridge, deliver)
     async with sink.connect():
         with trio.fail_after(30):
             while len(received) < 3:  # noqa: ASYNC110 - filled by the sink's receiver task
                 await trio.sleep(0.05)
-        await trio.sleep(1.0)  # the offset commit of the batch
+            # The batch's offsets (the dropped record's too), committed after the deliveries.
+            while await trio.to_thread.run_sync(committed) < 4:  # noqa: ASYNC110 - polls the broker
+                await trio.sleep(0.1)
     assert [(m.payload, m.retain, sink.topic_map.route_in(m.topic)) for m in received] == [
         (b"on", False, "local/cmd/dev1"),
         (b"keyed", False, "local/cmd/dev2"),
