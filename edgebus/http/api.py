@@ -170,7 +170,20 @@ def bridges(broker: BrokerView) -> Json:
                 "expired": bridge.expired,
             }
         )
-    return {"bridges": found}
+    # Outboxes of bridges not configured now (a reload removed them): kept until one of that name returns.
+    parked = []
+    for name, outbox in sorted(broker.bridge_set.parked.items()):
+        if outbox.entries:
+            oldest = outbox.oldest_queued_at()
+            parked.append(
+                {
+                    "name": name,
+                    "queued": len(outbox.entries),
+                    "queued_bytes": outbox.bytes,
+                    "oldest_age_seconds": 0.0 if oldest is None else round(max(0.0, wall - oldest), 3),
+                }
+            )
+    return {"bridges": found, "parked": parked}
 
 
 # --- actions ---------------------------------------------------------------------------------------------

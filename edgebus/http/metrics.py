@@ -176,6 +176,14 @@ def _listener_families(out: Exposition, broker: BrokerView) -> None:
 
 
 def _bridge_families(out: Exposition, broker: BrokerView) -> None:
+    parked = [o for o in broker.bridge_set.parked.values() if o.entries]
+    if parked:  # rows of bridges a reload removed (or not configured at start), kept for their return
+        out.family(
+            "edgebus_parked_outbox_messages",
+            "gauge",
+            "Messages kept in the store for a bridge that is not configured now.",
+            [((("bridge", o.name),), len(o.entries)) for o in parked],
+        )
     bridges = list(broker.bridge_set.active)  # as configured now: a reload adds and removes bridges
     if not bridges:
         return

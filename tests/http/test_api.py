@@ -81,7 +81,7 @@ async def test_every_resource_and_action(
     assert page["total"] == 3 and [r["topic"] for r in page["retained"]] == ["r/a", "r/b"]
     page = await get(api + "/retained?offset=2&limit=2")
     assert [(r["topic"], r["payload"]) for r in page["retained"]] == [("r/c", "r/c")]
-    assert (await get(api + "/bridges")) == {"bridges": []}
+    assert (await get(api + "/bridges")) == {"bridges": [], "parked": []}
     assert len((await get(api + "/throughput"))["samples"]) >= 1
 
     # Disconnect: the v5 client gets DISCONNECT 0x98 Administrative action [MQTT-3.14.2-1] (the server

@@ -99,7 +99,7 @@ def bridge_toml(port: int) -> str:
 async def test_api_reload_applies_the_file(gateway: Gateway, paho: Callable[..., PahoClient]) -> None:
     extra_port = free_port()
     http_listener = f"listener http 127.0.0.1:{gateway.http_port}"
-    assert (await gateway.get("bridges")) == {"bridges": []}
+    assert (await gateway.get("bridges")) == {"bridges": [], "parked": []}
     before = await gateway.metrics()
     assert not any(name.startswith("edgebus_bridge_") for name in before)
     device = paho("device", MQTT_5)
@@ -151,9 +151,12 @@ async def test_api_reload_applies_the_file(gateway: Gateway, paho: Callable[...,
     assert {"bridge cloud: removed", f"listener tcp 127.0.0.1:{extra_port}: removed"} <= set(
         report["changed"]
     )
-    assert (await gateway.get("bridges")) == {"bridges": []}
+    bridges = await gateway.get("bridges")
+    assert bridges["bridges"] == []
+    assert [(p["name"], p["queued"]) for p in bridges["parked"]] == [("cloud", 1)]
     samples = await gateway.metrics()
     assert not any(name.startswith("edgebus_bridge_") for name in samples)
+    assert samples['edgebus_parked_outbox_messages{bridge="cloud"}'] == 1
     assert not any(f":{extra_port}" in name for name in samples)
 
     # The http listener itself changed (viewer made an admin), by a reload sent through it: the answer
