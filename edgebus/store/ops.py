@@ -1,7 +1,8 @@
-"""The store's operations: one immutable record per kind of change, each applying its own SQL.
+"""The store's operations: one immutable record per kind of change, each with its own SQL.
 
 The event loop builds them (through `edgebus.store.journal`), the committer gathers them into
-batches, and the writer thread calls `apply` on each inside the batch's one transaction. They are
+batches, and the writer thread runs each kind's statements over its operations (`executions`)
+inside the batch's one transaction. They are
 NamedTuples rather than frozen dataclasses: one is built for every row the durable publish path
 writes, and a NamedTuple costs about a third as much to build (0.27 against 0.73 us for six fields,
 measured on Python 3.11); being a tuple, each is also the parameter sequence of its own SQL
@@ -11,50 +12,60 @@ sqlite3 binds them as the INTEGER 0 or 1 the columns hold.
 
 from __future__ import annotations
 
-import sqlite3
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+_Kind = TypeVar("_Kind", bound=type)
+
+#: Each kind of operation's SQL, run in this order for each operation (its fields are the parameters).
+STATEMENTS: dict[type, tuple[str, ...]] = {}
+
+
+def statements(*sql: str) -> Callable[[_Kind], _Kind]:
+    """Register the SQL of the operation kind this decorates."""
+
+    def register(kind: _Kind) -> _Kind:
+        STATEMENTS[kind] = sql
+        return kind
+
+    return register
+
 
 # --- sessions and subscriptions ---------------------------------------------------------------------
 
 
+# disconnected_at NULL: saved on CONNECT, or on a DISCONNECT that changes the expiry (the
+# connection's loss then records the time with SessionAway). An upsert, not a replace: the
+# row keeps its rowid, which its deliveries refer to.
+@statements(
+    "INSERT INTO sessions VALUES (?1, ?2, ?3, NULL) ON CONFLICT (client_id) DO UPDATE"
+    " SET protocol_level = ?2, expiry_interval = ?3, disconnected_at = NULL"
+)
 class SessionSaved(NamedTuple):
     client_id: str
     protocol_level: int
     expiry_interval: int
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        # disconnected_at NULL: saved on CONNECT, or on a DISCONNECT that changes the expiry (the
-        # connection's loss then records the time with SessionAway). An upsert, not a replace: the
-        # row keeps its rowid, which its deliveries refer to.
-        db.execute(
-            "INSERT INTO sessions VALUES (?1, ?2, ?3, NULL) ON CONFLICT (client_id) DO UPDATE"
-            " SET protocol_level = ?2, expiry_interval = ?3, disconnected_at = NULL",
-            self,
-        )
 
-
+@statements("UPDATE sessions SET disconnected_at = ?2 WHERE client_id = ?1")
 class SessionAway(NamedTuple):
     client_id: str
     disconnected_at: float  # wall clock
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("UPDATE sessions SET disconnected_at = ?2 WHERE client_id = ?1", self)
 
-
+@statements(
+    "DELETE FROM subscriptions WHERE client_id = ?",
+    "DELETE FROM deliveries WHERE session = (SELECT rowid FROM sessions WHERE client_id = ?)",
+    "DELETE FROM inbound_qos2 WHERE client_id = ?",
+    "DELETE FROM sessions WHERE client_id = ?",
+)
 class SessionGone(NamedTuple):
     """The session ended: it goes with everything it held."""
 
     client_id: str
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM subscriptions WHERE client_id = ?", self)
-        db.execute(
-            "DELETE FROM deliveries WHERE session = (SELECT rowid FROM sessions WHERE client_id = ?)", self
-        )
-        db.execute("DELETE FROM inbound_qos2 WHERE client_id = ?", self)
-        db.execute("DELETE FROM sessions WHERE client_id = ?", self)
 
-
+@statements("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)")
 class SubscriptionSaved(NamedTuple):
     client_id: str
     topic_filter: str
@@ -64,21 +75,17 @@ class SubscriptionSaved(NamedTuple):
     retain_handling: int
     subscription_id: int | None
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)", self)
 
-
+@statements("DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?")
 class SubscriptionRemoved(NamedTuple):
     client_id: str
     topic_filter: str
-
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?", self)
 
 
 # --- messages and their deliveries --------------------------------------------------------------------
 
 
+@statements("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 class MessageSaved(NamedTuple):
     message_id: int
     topic: str
@@ -89,17 +96,17 @@ class MessageSaved(NamedTuple):
     expires_at: float | None  # wall clock
     publisher: str | None  # NULL since issue 12: No Local is decided before a message is queued
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self)
 
-
+@statements("DELETE FROM messages WHERE id = ?")
 class MessageGone(NamedTuple):
     message_id: int
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM messages WHERE id = ?", self)
 
-
+# The session by its rowid: a few bytes instead of the client id, in every queued row.
+@statements(
+    "INSERT INTO deliveries VALUES (?1, (SELECT rowid FROM sessions WHERE client_id = ?2),"
+    " ?3, ?4, ?5, ?6, NULL, 0)"
+)
 class DeliveryQueued(NamedTuple):
     seq: int
     client_id: str
@@ -108,52 +115,37 @@ class DeliveryQueued(NamedTuple):
     retain: bool
     subscription_ids: str  # comma-separated
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        # The session by its rowid: a few bytes instead of the client id, in every queued row.
-        db.execute(
-            "INSERT INTO deliveries VALUES (?1, (SELECT rowid FROM sessions WHERE client_id = ?2),"
-            " ?3, ?4, ?5, ?6, NULL, 0)",
-            self,
-        )
 
-
+@statements("UPDATE deliveries SET packet_id = ?2, state = ?3 WHERE seq = ?1")
 class DeliveryState(NamedTuple):
     seq: int
     packet_id: int
     state: int  # 1 await PUBACK, 2 await PUBREC, 3 await PUBCOMP
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("UPDATE deliveries SET packet_id = ?2, state = ?3 WHERE seq = ?1", self)
 
-
+@statements("DELETE FROM deliveries WHERE seq = ?")
 class DeliveryGone(NamedTuple):
     seq: int
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM deliveries WHERE seq = ?", self)
 
-
+@statements("INSERT OR REPLACE INTO inbound_qos2 VALUES (?, ?)")
 class InboundReceived(NamedTuple):
     """An inbound QoS 2 packet id PUBREC'd, awaiting PUBREL."""
 
     client_id: str
     packet_id: int
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO inbound_qos2 VALUES (?, ?)", self)
 
-
+@statements("DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?")
 class InboundReleased(NamedTuple):
     client_id: str
     packet_id: int
-
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?", self)
 
 
 # --- retained messages and delayed wills ----------------------------------------------------------------
 
 
+@statements("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)")
 class RetainedSet(NamedTuple):
     topic: str
     payload: bytes
@@ -161,17 +153,13 @@ class RetainedSet(NamedTuple):
     properties: bytes | None
     expires_at: float | None  # wall clock
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)", self)
 
-
+@statements("DELETE FROM retained WHERE topic = ?")
 class RetainedCleared(NamedTuple):
     topic: str
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM retained WHERE topic = ?", self)
 
-
+@statements("INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 class WillSaved(NamedTuple):
     client_id: str
     topic: str
@@ -182,20 +170,16 @@ class WillSaved(NamedTuple):
     protocol_level: int
     fire_at: float  # wall clock
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self)
 
-
+@statements("DELETE FROM wills WHERE client_id = ?")
 class WillGone(NamedTuple):
     client_id: str
-
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM wills WHERE client_id = ?", self)
 
 
 # --- the bridges' outboxes ------------------------------------------------------------------------------
 
 
+@statements("INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 class BridgeQueued(NamedTuple):
     bridge: str
     seq: int
@@ -208,27 +192,22 @@ class BridgeQueued(NamedTuple):
     expires_at: float | None  # wall clock
     user_properties: bytes | None  # MQTT 5 property block of the User Properties, NULL if none
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO bridge_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self)
 
-
+@statements("DELETE FROM bridge_outbox WHERE bridge = ? AND seq = ?")
 class BridgeDropped(NamedTuple):
     bridge: str
     seq: int
 
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM bridge_outbox WHERE bridge = ? AND seq = ?", self)
 
-
+@statements(
+    "DELETE FROM bridge_outbox WHERE bridge = ? AND seq <= ?",
+    "INSERT OR REPLACE INTO bridge_cursor VALUES (?, ?)",
+)
 class BridgeForwarded(NamedTuple):
     """Everything up to ``seq`` is in the upstream log."""
 
     bridge: str
     seq: int
-
-    def apply(self, db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM bridge_outbox WHERE bridge = ? AND seq <= ?", self)
-        db.execute("INSERT OR REPLACE INTO bridge_cursor VALUES (?, ?)", self)
 
 
 Op = (
@@ -255,24 +234,71 @@ Op = (
 
 
 def cancel_out(batch: list[Op]) -> list[Op]:
-    """Drop the deliveries (and messages) created and finished within one batch: a message its
-    subscriber acknowledged before the commit never touches the disk."""
-    born_dlv = {op.seq for op in batch if type(op) is DeliveryQueued}
-    if not born_dlv:
+    """Drop what a later operation of the same batch makes moot: the deliveries (and messages) created
+    and finished within it (a message its subscriber acknowledged before the commit never touches the
+    disk), and the state of a delivery finished within it (its row is deleted anyway: in a drain the
+    state and the acknowledgement of most deliveries fall into one batch)."""
+    gone_dlv = {op[0] for op in batch if type(op) is DeliveryGone}
+    if not gone_dlv:
         return batch
-    dead_dlv = {op.seq for op in batch if type(op) is DeliveryGone} & born_dlv
-    if not dead_dlv:
-        return batch
-    born_msg = {op.message_id for op in batch if type(op) is MessageSaved}
-    dead_msg = {op.message_id for op in batch if type(op) is MessageGone} & born_msg
+    dead_dlv = {op[0] for op in batch if type(op) is DeliveryQueued} & gone_dlv
+    dead_msg: set[int] = set()
+    if dead_dlv:
+        born_msg = {op[0] for op in batch if type(op) is MessageSaved}
+        dead_msg = {op[0] for op in batch if type(op) is MessageGone} & born_msg
     kept: list[Op] = []
     for op in batch:
         kind = type(op)
         # The key is the first field of all five kinds below: the delivery seq, the message id.
-        if kind is DeliveryQueued or kind is DeliveryGone or kind is DeliveryState:
+        if kind is DeliveryState:
+            if op[0] in gone_dlv:
+                continue
+        elif kind is DeliveryQueued or kind is DeliveryGone:
             if op[0] in dead_dlv:
                 continue
         elif (kind is MessageSaved or kind is MessageGone) and op[0] in dead_msg:
             continue
         kept.append(op)
     return kept
+
+
+#: The kinds that write messages and deliveries, in the order of one message's life. Operations on
+#: different keys commute, and for one key they come in this order (ids and seqs are never reused), so
+#: a stretch of these kinds can run grouped by kind in this order: one `executemany` per kind, not one
+#: `execute` per row (a drain interleaves DeliveryGone and MessageGone row by row).
+_LIFECYCLE = (MessageSaved, DeliveryQueued, DeliveryState, DeliveryGone, MessageGone)
+_LIFECYCLE_PLACE: dict[type, int] = {kind: place for place, kind in enumerate(_LIFECYCLE)}
+
+
+def executions(batch: list[Op]) -> list[tuple[str, list[Op]]]:
+    """``batch`` as (statement, its operations) pairs for `executemany`, in an order with the same
+    outcome as running each operation's statements one after the other: consecutive operations of one
+    kind together, and a stretch of message and delivery kinds grouped by kind (`_LIFECYCLE`)."""
+    steps: list[tuple[str, list[Op]]] = []
+    groups: list[list[Op]] | None = None  # a stretch of lifecycle kinds, by place in _LIFECYCLE
+    run: list[Op] = []  # consecutive operations of another kind
+    run_kind: type | None = None
+    for op in batch:
+        kind = type(op)
+        place = _LIFECYCLE_PLACE.get(kind)
+        if place is not None:
+            if run:
+                steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+                run, run_kind = [], None
+            if groups is None:
+                groups = [[] for _ in _LIFECYCLE]
+            groups[place].append(op)
+            continue
+        if groups is not None:
+            steps.extend((sql, ops) for ops in groups if ops for sql in STATEMENTS[type(ops[0])])
+            groups = None
+        if kind is not run_kind:
+            if run:
+                steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+            run, run_kind = [], kind
+        run.append(op)
+    if groups is not None:
+        steps.extend((sql, ops) for ops in groups if ops for sql in STATEMENTS[type(ops[0])])
+    if run:
+        steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+    return steps

@@ -21,7 +21,7 @@ from edgebus.protocol.enums import PacketType
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import UserProperties
 from edgebus.protocol.properties import read_properties
-from edgebus.store.ops import Op
+from edgebus.store.ops import Op, executions
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("edgebus.store")
@@ -133,8 +133,8 @@ class Database:
         db = self._db
         assert db is not None
         with _transaction(db):
-            for op in batch:
-                op.apply(db)
+            for statement, ops in executions(batch):
+                db.executemany(statement, ops)
         self.commits += 1
         self.ops_written += len(batch)
 

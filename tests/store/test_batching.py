@@ -1,0 +1,161 @@
+"""How a batch reaches the database: `cancel_out` drops what a later operation of the batch makes moot, and
+`executions` groups the rest into one `executemany` per kind. Both must leave the database exactly as
+running every operation's statements one by one would: checked on real sqlite files, table by table."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgebus.store.ops import (
+    STATEMENTS,
+    BridgeForwarded,
+    BridgeQueued,
+    DeliveryGone,
+    DeliveryQueued,
+    DeliveryState,
+    MessageGone,
+    MessageSaved,
+    Op,
+    SessionAway,
+    SessionGone,
+    SessionSaved,
+    SubscriptionRemoved,
+    SubscriptionSaved,
+    cancel_out,
+    executions,
+)
+from edgebus.store.sqlite import Database
+
+TABLES = (
+    "sessions",
+    "subscriptions",
+    "messages",
+    "deliveries",
+    "inbound_qos2",
+    "bridge_outbox",
+    "bridge_cursor",
+)
+
+
+def one_by_one(db: sqlite3.Connection, batch: list[Op]) -> None:
+    """The reference: every operation's statements, in batch order, one `execute` each."""
+    db.execute("BEGIN")
+    for op in batch:
+        for sql in STATEMENTS[type(op)]:
+            db.execute(sql, op)
+    db.execute("COMMIT")
+
+
+def contents(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    return {table: sorted(db.execute(f"SELECT * FROM {table}"), key=repr) for table in TABLES}
+
+
+def open_database(path: Path) -> Database:
+    database = Database(path)
+    database.load()
+    return database
+
+
+def lifecycles(rng: random.Random, first_mid: int, first_seq: int, count: int) -> list[list[Op]]:
+    """Each message's own operations in the order the broker makes them: saved, its deliveries queued,
+    sent (state), perhaps PUBREC'd (state 3), finished, and the message gone once its last delivery is."""
+    lives: list[list[Op]] = []
+    seq = first_seq
+    for mid in range(first_mid, first_mid + count):
+        life: list[Op] = [MessageSaved(mid, f"t/{mid}", b"p%d" % mid, 1, False, None, None, None)]
+        finished = 0
+        targets = rng.sample(["a", "b"], rng.randint(1, 2))
+        for client in targets:
+            life.append(DeliveryQueued(seq, client, mid, rng.choice((1, 2)), False, ""))
+            if rng.random() < 0.8:
+                life.append(DeliveryState(seq, rng.randint(1, 65535), 1))
+                if rng.random() < 0.3:
+                    life.append(DeliveryState(seq, 7, 3))
+                if rng.random() < 0.7:
+                    life.append(DeliveryGone(seq))
+                    finished += 1
+            seq += 1
+        if finished == len(targets):
+            life.append(MessageGone(mid))
+        lives.append(life)
+    return lives
+
+
+def merged(rng: random.Random, lives: list[list[Op]], others: list[Op]) -> list[Op]:
+    """Interleave the lifecycles (each keeps its own order) and sprinkle the other operations in."""
+    cursors = [0] * len(lives)
+    batch: list[Op] = []
+    pending_others = list(others)
+    while any(cursor < len(life) for cursor, life in zip(cursors, lives, strict=True)):
+        if pending_others and rng.random() < 0.1:
+            batch.append(pending_others.pop(0))
+            continue
+        live = [i for i, life in enumerate(lives) if cursors[i] < len(life)]
+        i = rng.choice(live)
+        batch.append(lives[i][cursors[i]])
+        cursors[i] += 1
+    return batch + pending_others
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancel_out", "grouping-alone"])
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_batches_write_what_one_by_one_writes(tmp_path: Path, seed: int, cancelled: bool) -> None:
+    rng = random.Random(seed)
+    prepare = cancel_out if cancelled else list
+    grouped = open_database(tmp_path / "grouped")
+    reference = open_database(tmp_path / "reference")
+    ref_db = reference._db
+    assert ref_db is not None and grouped._db is not None
+    # Batch 1: sessions, and deliveries whose later steps come in batch 2 (rows that exist already).
+    first: list[Op] = [
+        SessionSaved("a", 4, 60),
+        SessionSaved("b", 5, 0),
+        SubscriptionSaved("a", "t/#", 1, False, False, 0, None),
+    ]
+    lives = lifecycles(rng, 1, 1, 30)
+    first += [op for life in lives for op in life[:2]]
+    later = [life[2:] for life in lives]
+    grouped.apply(prepare(list(first)))
+    one_by_one(ref_db, first)
+    # Batch 2: the rest of those lives, new ones interleaved, and other kinds in between (a session
+    # that goes and comes back, subscriptions, a bridge outbox) that end the lifecycle stretches.
+    others: list[Op] = [
+        BridgeQueued("up", 1, "x", b"1", 1, False, None, 1.0, None, None),
+        SessionAway("a", 5.0),
+        BridgeQueued("up", 2, "x", b"2", 1, False, None, 1.0, None, None),
+        SubscriptionRemoved("a", "t/#"),
+        SessionGone("b"),
+        BridgeForwarded("up", 1),
+        SessionSaved("b", 5, 0),
+        SubscriptionSaved("a", "t/#", 2, False, False, 0, 7),
+        BridgeQueued("up", 3, "x", b"3", 1, False, None, 1.0, None, None),
+    ]
+    second = merged(rng, later + lifecycles(rng, 100, 1000, 40), others)
+    grouped.apply(prepare(list(second)))
+    one_by_one(ref_db, second)
+    assert contents(grouped._db) == contents(ref_db)
+    grouped.close()
+    reference.close()
+
+
+def test_a_drain_batch_is_a_few_executemany_calls() -> None:
+    """The batch a drain makes (per acknowledged message: its delivery and its message gone, row by row,
+    and the state of the next ones sent) runs as one statement per kind, not one per row."""
+    batch: list[Op] = []
+    for seq in range(1, 101):
+        batch += [DeliveryState(seq + 100, 1, 1), DeliveryGone(seq), MessageGone(seq)]
+    steps = executions(cancel_out(batch))
+    assert [(sql.split()[0], len(ops)) for sql, ops in steps] == [
+        ("UPDATE", 100),
+        ("DELETE", 100),
+        ("DELETE", 100),
+    ]
+
+
+def test_the_state_of_a_delivery_finished_in_the_same_batch_is_not_written() -> None:
+    batch: list[Op] = [DeliveryState(5, 9, 1), DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
+    assert cancel_out(batch) == [DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
