@@ -12,8 +12,8 @@ sqlite3 binds them as the INTEGER 0 or 1 the columns hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeVar, cast
 
 _Kind = TypeVar("_Kind", bound=type)
 
@@ -242,10 +242,10 @@ def cancel_out(batch: list[Op]) -> list[Op]:
     if not gone_dlv:
         return batch
     dead_dlv = {op[0] for op in batch if type(op) is DeliveryQueued} & gone_dlv
-    dead_msg: set[int] = set()
-    if dead_dlv:
-        born_msg = {op[0] for op in batch if type(op) is MessageSaved}
-        dead_msg = {op[0] for op in batch if type(op) is MessageGone} & born_msg
+    if not dead_dlv:  # a drain: every delivery was queued in an earlier batch
+        return [op for op in batch if type(op) is not DeliveryState or op[0] not in gone_dlv]
+    born_msg = {op[0] for op in batch if type(op) is MessageSaved}
+    dead_msg = {op[0] for op in batch if type(op) is MessageGone} & born_msg
     kept: list[Op] = []
     for op in batch:
         kind = type(op)
@@ -269,12 +269,46 @@ def cancel_out(batch: list[Op]) -> list[Op]:
 _LIFECYCLE = (MessageSaved, DeliveryQueued, DeliveryState, DeliveryGone, MessageGone)
 _LIFECYCLE_PLACE: dict[type, int] = {kind: place for place, kind in enumerate(_LIFECYCLE)}
 
+#: Deletes by key that run as one statement per run of consecutive keys: a drain acknowledges
+#: deliveries (and so finishes messages) in the order they were queued, and deleting a range costs
+#: sqlite about half as much as deleting its rows one by one (measured: 2 against 4 us a message).
+_RANGE_DELETES: dict[type, str] = {
+    DeliveryGone: "DELETE FROM deliveries WHERE seq BETWEEN ? AND ?",
+    MessageGone: "DELETE FROM messages WHERE id BETWEEN ? AND ?",
+}
 
-def executions(batch: list[Op]) -> list[tuple[str, list[Op]]]:
-    """``batch`` as (statement, its operations) pairs for `executemany`, in an order with the same
+#: What `executemany` runs: a statement and its parameter rows (operations, or key ranges).
+Execution = tuple[str, Sequence[Sequence[object]]]
+
+
+def key_ranges(keys: Iterable[int]) -> list[tuple[int, int]]:
+    """``keys`` (at least one) as (first, last) runs of consecutive integers, in order."""
+    ordered = sorted(set(keys))
+    ranges: list[tuple[int, int]] = []
+    first = last = ordered[0]
+    for key in ordered[1:]:
+        if key != last + 1:
+            ranges.append((first, last))
+            first = key
+        last = key
+    ranges.append((first, last))
+    return ranges
+
+
+def _grouped(kind: type, ops: list[Op]) -> list[Execution]:
+    range_delete = _RANGE_DELETES.get(kind)
+    if range_delete is not None:
+        # The key of both kinds is their first field, an int.
+        return [(range_delete, key_ranges(op[0] for op in cast("list[DeliveryGone | MessageGone]", ops)))]
+    return [(sql, ops) for sql in STATEMENTS[kind]]
+
+
+def executions(batch: list[Op]) -> list[Execution]:
+    """``batch`` as (statement, parameter rows) pairs for `executemany`, in an order with the same
     outcome as running each operation's statements one after the other: consecutive operations of one
-    kind together, and a stretch of message and delivery kinds grouped by kind (`_LIFECYCLE`)."""
-    steps: list[tuple[str, list[Op]]] = []
+    kind together, a stretch of message and delivery kinds grouped by kind (`_LIFECYCLE`), and their
+    deletes by ranges of keys (`_RANGE_DELETES`)."""
+    steps: list[Execution] = []
     groups: list[list[Op]] | None = None  # a stretch of lifecycle kinds, by place in _LIFECYCLE
     run: list[Op] = []  # consecutive operations of another kind
     run_kind: type | None = None
@@ -283,22 +317,26 @@ def executions(batch: list[Op]) -> list[tuple[str, list[Op]]]:
         place = _LIFECYCLE_PLACE.get(kind)
         if place is not None:
             if run:
-                steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+                steps += _grouped(type(run[0]), run)
                 run, run_kind = [], None
             if groups is None:
                 groups = [[] for _ in _LIFECYCLE]
             groups[place].append(op)
             continue
         if groups is not None:
-            steps.extend((sql, ops) for ops in groups if ops for sql in STATEMENTS[type(ops[0])])
+            for ops in groups:
+                if ops:
+                    steps += _grouped(type(ops[0]), ops)
             groups = None
         if kind is not run_kind:
             if run:
-                steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+                steps += _grouped(type(run[0]), run)
             run, run_kind = [], kind
         run.append(op)
     if groups is not None:
-        steps.extend((sql, ops) for ops in groups if ops for sql in STATEMENTS[type(ops[0])])
+        for ops in groups:
+            if ops:
+                steps += _grouped(type(ops[0]), ops)
     if run:
-        steps.extend((sql, run) for sql in STATEMENTS[type(run[0])])
+        steps += _grouped(type(run[0]), run)
     return steps

@@ -27,6 +27,7 @@ from edgebus.store.ops import (
     SubscriptionSaved,
     cancel_out,
     executions,
+    key_ranges,
 )
 from edgebus.store.sqlite import Database
 
@@ -142,18 +143,23 @@ def test_grouped_batches_write_what_one_by_one_writes(tmp_path: Path, seed: int,
     reference.close()
 
 
-def test_a_drain_batch_is_a_few_executemany_calls() -> None:
+def test_a_drain_batch_is_a_few_statements() -> None:
     """The batch a drain makes (per acknowledged message: its delivery and its message gone, row by row,
-    and the state of the next ones sent) runs as one statement per kind, not one per row."""
+    and the state of the next ones sent) runs as one statement per kind, its deletes by key ranges."""
     batch: list[Op] = []
-    for seq in range(1, 101):
-        batch += [DeliveryState(seq + 100, 1, 1), DeliveryGone(seq), MessageGone(seq)]
-    steps = executions(cancel_out(batch))
-    assert [(sql.split()[0], len(ops)) for sql, ops in steps] == [
-        ("UPDATE", 100),
-        ("DELETE", 100),
-        ("DELETE", 100),
+    for seq in [*range(1, 51), *range(52, 101)]:  # 51 is still in flight
+        batch += [DeliveryState(seq + 100, 1, 1), DeliveryGone(seq), MessageGone(seq + 1000)]
+    steps = [(sql.split()[0], list(rows)) for sql, rows in executions(cancel_out(batch))]
+    assert steps == [
+        ("UPDATE", [DeliveryState(seq + 100, 1, 1) for seq in [*range(1, 51), *range(52, 101)]]),
+        ("DELETE", [(1, 50), (52, 100)]),
+        ("DELETE", [(1001, 1050), (1052, 1100)]),
     ]
+
+
+def test_key_ranges() -> None:
+    assert key_ranges([7]) == [(7, 7)]
+    assert key_ranges([5, 3, 4, 9, 10, 12, 4]) == [(3, 5), (9, 10), (12, 12)]
 
 
 def test_the_state_of_a_delivery_finished_in_the_same_batch_is_not_written() -> None:
