@@ -9,7 +9,7 @@ import trio
 
 from edgebus.bridge.runner import Bridge
 from edgebus.core.outbox import OverflowPolicy
-from edgebus.core.server import Connection
+from edgebus.core.output import ConnectionOutput
 from edgebus.server.fanout import Fanout
 from edgebus.store import Store
 
@@ -30,7 +30,7 @@ class Commits:
         self.fanout = fanout
         self.budget = budget
         self.overflow = overflow
-        self.holding: set[Connection] = set()  # connections with replies waiting for a commit
+        self.holding: set[ConnectionOutput] = set()  # connections with replies waiting for a commit
         self._waiters: list[tuple[int, trio.Event]] = []
         self._next_size_check = 0.0
 
