@@ -53,6 +53,7 @@ class Message:
         *,
         publisher_id: str | None = None,
         expiry_deadline: float | None = None,
+        topic_wire: bytes | None = None,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -69,7 +70,9 @@ class Message:
         # Its row in the durable store (0: not stored) and how many stored deliveries use it.
         self.store_id = 0
         self.store_refs = 0
-        self._topic_bytes: bytes | None = None
+        # The topic encoded (length prefix and UTF-8): as received when the caller has it (topic_wire,
+        # a PUBLISH's own topic, no alias), else encoded on first use.
+        self._topic_bytes = topic_wire
         self._common_props: bytes | None = None
         self._whole_qos0: dict[tuple[int, bool], bytes] | None = None
 

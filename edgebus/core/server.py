@@ -198,9 +198,17 @@ class Connection(ConnectionOutput):
                 forwarded_properties(props),
                 publisher_id=self.client_id,
                 expiry_deadline=None if expiry is None else now + expiry,
+                topic_wire=packet.topic_wire if alias is None else None,  # an alias: the wire's may be ""
             )
         else:
-            message = Message(topic, packet.payload, qos, packet.retain, publisher_id=self.client_id)
+            message = Message(
+                topic,
+                packet.payload,
+                qos,
+                packet.retain,
+                publisher_id=self.client_id,
+                topic_wire=packet.topic_wire,
+            )
         if qos == 0:
             return MessageReceived(message, 0)
         inbound = self.inbound

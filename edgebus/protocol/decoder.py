@@ -52,12 +52,19 @@ REQUIRED_FLAGS = {PacketType.PUBREL: 0b0010, PacketType.SUBSCRIBE: 0b0010, Packe
 # Frozen dataclasses set each field through object.__setattr__, which costs the hot path more than all
 # the parsing. The decoder fills a PUBLISH's slots through their member descriptors instead (the same
 # object, about twice as fast); only if packets.Publish ever gains or reorders fields does it fall back.
-_PUBLISH_FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
+_PUBLISH_FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties", "topic_wire")
 _FAST_PUBLISH = tuple(field.name for field in fields(Publish)) == _PUBLISH_FIELDS
 _new_object = object.__new__
-_set_topic, _set_payload, _set_qos, _set_retain, _set_dup, _set_packet_id, _set_properties = (
-    getattr(Publish, name).__set__ for name in _PUBLISH_FIELDS
-)
+(
+    _set_topic,
+    _set_payload,
+    _set_qos,
+    _set_retain,
+    _set_dup,
+    _set_packet_id,
+    _set_properties,
+    _set_topic_wire,
+) = (getattr(Publish, name).__set__ for name in _PUBLISH_FIELDS)
 _PUBLISH = int(PacketType.PUBLISH)
 
 #: A first-byte verdict: None (fine) or the reason code and message of the error it means.
@@ -227,6 +234,7 @@ class PacketDecoder:
         new_object = _new_object
         set_topic, set_payload, set_qos, set_retain = _set_topic, _set_payload, _set_qos, _set_retain
         set_dup, set_packet_id, set_properties = _set_dup, _set_packet_id, _set_properties
+        set_topic_wire = _set_topic_wire
         while pos < n:
             first = view[pos]
             verdict = first_byte_errors[first]
@@ -321,10 +329,12 @@ class PacketDecoder:
                 set_dup(publish, first & 8 == 8)
                 set_packet_id(publish, packet_id)
                 set_properties(publish, properties)
+                set_topic_wire(publish, view[body:topic_end])
                 append(publish)
             else:  # pragma: no cover - only if packets.Publish changes shape
                 retain, dup = first & 1 == 1, first & 8 == 8
-                append(Publish(topic, view[p:end], qos, retain, dup, packet_id, properties))
+                wire = view[body:topic_end]
+                append(Publish(topic, view[p:end], qos, retain, dup, packet_id, properties, wire))
             pos = end
         return pos
 

@@ -6,7 +6,7 @@ reason codes carry the 3.1.1 return codes where the packet has one (CONNACK, SUB
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgebus.protocol.enums import MQTT_5, PacketType, RetainHandling
 
@@ -103,6 +103,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None  # present iff qos > 0
     properties: Properties = NO_PROPERTIES
+    # The topic as it came on the wire (length prefix and UTF-8), set by the decoder: what a broker
+    # writes to every subscriber, so it need not encode the topic again. Not part of the packet's value.
+    topic_wire: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from edgebus.core.server_events import (
 from edgebus.core.session import Session
 from edgebus.core.stats import Stats
 from edgebus.protocol import (
+    MQTT_3_1_1,
     MQTT_5,
     Connect,
     Disconnect,
@@ -139,6 +140,27 @@ def test_inbound_topic_alias_set_then_used_and_out_of_range() -> None:
     (bad,) = peer.feed(Publish("x", b"", properties=Properties(topic_alias=6)))
     assert isinstance(bad, ProtocolViolation)
     assert bad.error.reason_code is ReasonCode.TOPIC_ALIAS_INVALID
+
+
+def test_a_received_topic_is_forwarded_with_the_bytes_it_came_with() -> None:
+    """The topic of a decoded PUBLISH is kept as it came on the wire and written to subscribers as is (not
+    decoded and encoded again per message), but not the empty topic of a PUBLISH that uses an alias: the
+    subscriber gets the topic the alias stands for [MQTT-3.3.2-3]."""
+    for level in (MQTT_3_1_1, MQTT_5):
+        peer = Peer(level)
+        (event,) = peer.feed(Publish("wire/topic", b"1", qos=1, packet_id=1))
+        assert isinstance(event, MessageReceived)
+        assert event.message._topic_bytes == b"\x00\x0awire/topic"  # before any encode: the wire's own
+    peer = Peer()
+    (first,) = peer.feed(Publish("long/topic", b"1", properties=Properties(topic_alias=2)))
+    (second,) = peer.feed(Publish("", b"2", properties=Properties(topic_alias=2)))
+    assert isinstance(first, MessageReceived) and isinstance(second, MessageReceived)
+    for event in (first, second):
+        for level in (MQTT_3_1_1, MQTT_5):
+            (delivered,) = PacketDecoder(role="client", protocol_level=level).receive_data(
+                event.message.encode(level, 0, False)
+            )
+            assert isinstance(delivered, Publish) and delivered.topic == "long/topic"
 
 
 def test_unknown_topic_alias_is_protocol_error() -> None:
