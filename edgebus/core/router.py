@@ -17,6 +17,13 @@ from edgebus.core.topics import (
 
 __all__ = ["RetainedIndex", "Router", "SharedGroup"]
 
+#: How many topics' match results the router keeps (`Router.match`); a full cache starts afresh. A result
+#: is kept only for a topic of at most ROUTE_CACHE_TOPIC_LENGTH characters that matched at most
+#: ROUTE_CACHE_MATCHES subscriptions and groups, so the cache holds under a megabyte whatever is published.
+ROUTE_CACHE_TOPICS = 1024
+ROUTE_CACHE_TOPIC_LENGTH = 256
+ROUTE_CACHE_MATCHES = 32
+
 #: The subscription options the broker stores per (client, filter); opaque to the router.
 T = TypeVar("T")
 #: The retained message type; opaque to the index.
@@ -151,10 +158,13 @@ class Router(Generic[T]):
     client's subscriptions are found and removed without walking the trie.
     """
 
-    __slots__ = ("_by_client", "_root", "_subscription_count")
+    __slots__ = ("_by_client", "_root", "_routes", "_subscription_count")
 
     def __init__(self) -> None:
         self._root: _SubscriptionNode[T] = _SubscriptionNode()
+        # Topic -> its `match` result, while no subscription changes (any change clears it): a device
+        # publishes on the same few topics again and again, and a lookup costs a fraction of a walk.
+        self._routes: dict[str, tuple[list[tuple[str, T]], list[SharedGroup[T]]]] = {}
         # client_id -> full filter (including any "$share/name/" prefix) -> options
         self._by_client: dict[str, dict[str, T]] = {}
         self._subscription_count = 0
@@ -174,6 +184,7 @@ class Router(Generic[T]):
         share_name, plain_filter = parse_shared(topic_filter)
         if not is_valid_topic_filter(plain_filter):
             raise ValueError(f"invalid topic filter {topic_filter!r}")
+        self._routes.clear()
         client_subscriptions = self._by_client.get(client_id)
         if client_subscriptions is None:
             client_subscriptions = self._by_client[client_id] = {}
@@ -201,6 +212,7 @@ class Router(Generic[T]):
         client_subscriptions = self._by_client.get(client_id)
         if client_subscriptions is None or topic_filter not in client_subscriptions:
             return False
+        self._routes.clear()
         del client_subscriptions[topic_filter]
         if not client_subscriptions:
             del self._by_client[client_id]
@@ -252,7 +264,21 @@ class Router(Generic[T]):
         Returns (non-shared, groups): one (client_id, options) per matching (client, filter) pair, so that a
         client with overlapping filters appears once per filter and the broker merges them; and every shared
         group whose filter matches. Raises ValueError if `topic` contains a wildcard (it is not a Topic Name).
+        The lists may be the ones returned for the same topic before: read them, do not mutate them.
         """
+        routes = self._routes
+        cached = routes.get(topic)
+        if cached is not None:
+            return cached
+        result = self._walk(topic)
+        if len(result[0]) + len(result[1]) <= ROUTE_CACHE_MATCHES and len(topic) <= ROUTE_CACHE_TOPIC_LENGTH:
+            if len(routes) >= ROUTE_CACHE_TOPICS:
+                routes.clear()
+            routes[topic] = result
+        return result
+
+    def _walk(self, topic: str) -> tuple[list[tuple[str, T]], list[SharedGroup[T]]]:
+        """`match` without the cache: the walk down the trie."""
         if SINGLE_LEVEL_WILDCARD in topic or MULTI_LEVEL_WILDCARD in topic:
             raise ValueError(f"topic {topic!r} contains a wildcard character [MQTT-3.3.2-2]")
         matched: list[tuple[str, T]] = []

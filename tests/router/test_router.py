@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgebus.core.router import RetainedIndex, Router, SharedGroup
+from edgebus.core.router import (
+    ROUTE_CACHE_MATCHES,
+    ROUTE_CACHE_TOPIC_LENGTH,
+    ROUTE_CACHE_TOPICS,
+    RetainedIndex,
+    Router,
+    SharedGroup,
+)
 from edgebus.core.topics import is_valid_topic_filter, is_valid_topic_name, parse_shared, topic_matches
 
 
@@ -190,6 +197,26 @@ def test_match_reflects_changes_made_after_an_earlier_match() -> None:
     assert router.match("a/b") == ([("c2", Options(2))], [])
     router.unsubscribe_all("c2")
     assert router.match("a/b") == ([], [])
+
+
+def test_match_results_are_kept_per_topic_within_bounds() -> None:
+    """A topic's match result is kept until a subscription changes, for a bounded number of topics, and not
+    for a long topic or a wide match (the cache stays small whatever clients publish)."""
+    router: Router[Options] = Router()
+    router.subscribe("c1", "a/+", Options(1))
+    first = router.match("a/b")
+    assert router.match("a/b") is first  # kept: the second match is a lookup
+    router.subscribe("c2", "x", Options(0))  # any change starts afresh
+    assert router.match("a/b") is not first and router.match("a/b") == first
+    for i in range(ROUTE_CACHE_TOPICS + 10):
+        router.match(f"a/{i}")
+    assert len(router._routes) <= ROUTE_CACHE_TOPICS
+    long_topic = "a/" + "x" * ROUTE_CACHE_TOPIC_LENGTH
+    assert router.match(long_topic) is not router.match(long_topic)
+    for i in range(ROUTE_CACHE_MATCHES):
+        router.subscribe(f"w{i}", "#", Options(0))
+    wide = router.match("a/b")
+    assert len(wide[0]) > ROUTE_CACHE_MATCHES and router.match("a/b") is not wide
 
 
 def test_no_match_returns_empty_lists() -> None:
