@@ -31,6 +31,14 @@ P = ParamSpec("P")
 _make = cast("Callable[[Callable[..., Op], tuple[Any, ...]], Op]", tuple.__new__)
 
 
+#: The longest a batch holding only records nobody waits for (`append_lazy`) gathers before its commit.
+#: A drain's acknowledgements then go to disk in a few large commits rather than one per writer round:
+#: every commit rewrites the pages it touches, and a faster writer had made the commits (and so the
+#: bytes written a message) smaller. A crash loses at most this much of them: those QoS 1 messages are
+#: delivered again, as QoS 1 allows; nothing a QoS 2 flow or an acknowledgement waits for is lazy.
+LAZY_COMMIT_S = 0.02
+
+
 class Store:
     """The durable store. Call `load` once (in a thread) before anything else; run `commit_forever`
     in the broker's nursery; write through `journal` from the event loop."""
@@ -39,6 +47,7 @@ class Store:
         self.database = Database(data_dir, durability)
         self.journal = StoreJournal(self)
         self._pending: list[Op] = []
+        self._urgent = False  # the pending batch holds something that is waited for (`append`)
         #: Sequence number of the batch now gathering; `committed_seq` is the last one on disk.
         self.pending_seq = 1
         self.committed_seq = 0
@@ -55,10 +64,18 @@ class Store:
         """Queue one change: the operation ``kind`` (an `edgebus.store.ops` type) with these fields.
         Returns the batch number it will be committed in."""
         self._pending.append(_make(kind, fields) if not named else kind(*fields, **named))
+        self._urgent = True
         wakeup = self._wakeup
         if wakeup is not None:
             wakeup.set()
         return self.pending_seq
+
+    def append_lazy(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> None:
+        """Queue a change nothing waits for (an acknowledged delivery gone, a QoS 1 packet id): its batch
+        is committed with the next change that is waited for, or LAZY_COMMIT_S after it at the latest."""
+        if not self._pending and self._wakeup is not None:
+            self._wakeup.set()  # the committer idles: it starts the clock
+        self._pending.append(_make(kind, fields) if not named else kind(*fields, **named))
 
     def size_bytes(self) -> int:
         """The store's size on disk: the database and its write-ahead log."""
@@ -73,6 +90,11 @@ class Store:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 self._wakeup = None
+            if not self._urgent:  # only lazy changes so far: gather, until one is waited for
+                self._wakeup = trio.Event()
+                with trio.move_on_after(LAZY_COMMIT_S):
+                    await self._wakeup.wait()
+                self._wakeup = None
             await self.commit_now(limiter, on_commit)
 
     async def commit_now(
@@ -80,6 +102,7 @@ class Store:
     ) -> None:
         batch = cancel_out(self._pending)
         self._pending = []
+        self._urgent = False
         seq = self.pending_seq
         self.pending_seq = seq + 1
         if batch:  # else everything cancelled out: nothing to write, no thread hop, no wait

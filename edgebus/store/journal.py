@@ -73,6 +73,8 @@ class Batches(Protocol):
 
     def append(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> int: ...
 
+    def append_lazy(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> None: ...
+
 
 class StoreJournal:
     """Implements `edgebus.core.session.Journal`, and everything else the broker and the bridges
@@ -118,9 +120,10 @@ class StoreJournal:
         seq = delivery.store_seq
         if not seq:
             return 0
-        qos = delivery.qos
-        batch = self.store.append(DeliveryState, seq, packet_id, 1 if qos == 1 else 2)
-        return batch if qos == 2 else 0  # only QoS 2 must wait: a QoS 1 resend may repeat
+        if delivery.qos == 1:  # only QoS 2 must wait: a QoS 1 resend may repeat
+            self.store.append_lazy(DeliveryState, seq, packet_id, 1)
+            return 0
+        return self.store.append(DeliveryState, seq, packet_id, 2)
 
     def delivery_pubrec(self, session: Session, delivery: Delivery, packet_id: int) -> int:
         seq = delivery.store_seq
@@ -131,13 +134,15 @@ class StoreJournal:
         if not seq:
             return
         delivery.store_seq = 0
-        self.store.append(DeliveryGone, seq)
+        # Nothing waits for it: a delivery the crash undoes is delivered again (QoS 1), or its PUBREL
+        # is (QoS 2, already answered by PUBCOMP): never a second copy of a QoS 2 message.
+        self.store.append_lazy(DeliveryGone, seq)
         self._release_message(delivery.message)
 
     def _release_message(self, message: Message) -> None:
         message.store_refs -= 1
         if message.store_refs <= 0 and message.store_id:
-            self.store.append(MessageGone, message.store_id)
+            self.store.append_lazy(MessageGone, message.store_id)
             message.store_id = 0
             message.store_refs = 0
 

@@ -9,7 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import trio
 
+from edgebus.store import committer
+from edgebus.store.committer import Store
 from edgebus.store.ops import (
     STATEMENTS,
     BridgeForwarded,
@@ -165,3 +168,47 @@ def test_key_ranges() -> None:
 def test_the_state_of_a_delivery_finished_in_the_same_batch_is_not_written() -> None:
     batch: list[Op] = [DeliveryState(5, 9, 1), DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
     assert cancel_out(batch) == [DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
+
+
+def _message_ids(store: Store) -> list[int]:
+    with sqlite3.connect(store.database.path) as reader:  # another connection: sees what is committed
+        return [row[0] for row in reader.execute("SELECT id FROM messages ORDER BY id")]
+
+
+async def test_records_nobody_waits_for_ride_with_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledged delivery's removal (append_lazy) does not make a commit of its own at once: it goes
+    with the next change that something waits for, or after LAZY_COMMIT_S. What waits is never delayed."""
+    monkeypatch.setattr(committer, "LAZY_COMMIT_S", 60.0)
+    store = Store(tmp_path)
+    await trio.to_thread.run_sync(store.load)
+
+    commit_seen = trio.Event()
+
+    def on_commit(seq: int) -> None:
+        nonlocal commit_seen
+        commit_seen.set()
+        commit_seen = trio.Event()
+
+    async def committed(batch: int) -> None:
+        with trio.fail_after(10):  # far below 60 s: an urgent change is not held by the lazy clock
+            while store.committed_seq < batch:
+                await commit_seen.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.commit_forever, on_commit)
+        await committed(store.append(MessageSaved, 1, "t", b"p", 1, False, None, None, None))
+        await committed(store.append(MessageSaved, 2, "t", b"p", 1, False, None, None, None))
+        store.append_lazy(MessageGone, 1)
+        before = store.committed_seq
+        await trio.sleep(0.3)
+        assert store.committed_seq == before and _message_ids(store) == [1, 2]  # still gathering
+        await committed(store.append(SessionSaved, "a", 4, 60))  # waited for: commits now, with it
+        assert _message_ids(store) == [2]
+        monkeypatch.setattr(committer, "LAZY_COMMIT_S", 0.05)
+        store.append_lazy(MessageGone, 2)
+        await committed(store.committed_seq + 1)  # alone, it goes after LAZY_COMMIT_S
+        assert _message_ids(store) == []
+        nursery.cancel_scope.cancel()
+    store.finish()
