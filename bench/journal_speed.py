@@ -21,7 +21,7 @@ from edgebus.core.outbox import Delivery, Outbox
 from edgebus.core.session import Session
 from edgebus.store.committer import Store
 from edgebus.store.journal import StoreJournal
-from edgebus.store.ops import cancel_out
+from edgebus.store.ops import LazyRecords, cancel_out
 
 
 def one_run(count: int, finish: bool) -> tuple[float, float, float, int]:
@@ -44,11 +44,13 @@ def one_run(count: int, finish: bool) -> tuple[float, float, float, int]:
                 if finish:
                     journal.delivery_finished(session, delivery)
             journaled = time.process_time()
-            left = cancel_out(store._pending)
+            lazy = store._lazy
+            left = cancel_out(store._pending, lazy)
             cancelled = time.process_time()
-            kept = len(left)
-            del left
+            kept = len(left) + len(lazy.sent_seqs) + len(lazy.gone) + len(lazy.messages_gone)
+            del left, lazy
             store._pending = []
+            store._lazy = LazyRecords()
             freed = time.process_time()
         finally:
             gc.enable()

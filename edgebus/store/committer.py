@@ -20,7 +20,7 @@ import trio
 from edgebus.config import Durability
 from edgebus.core.stats import COMMIT_BUCKETS_S, Histogram
 from edgebus.store.journal import StoreJournal
-from edgebus.store.ops import Op, cancel_out
+from edgebus.store.ops import LazyRecords, Op, cancel_out
 from edgebus.store.sqlite import Database, StoredState
 
 P = ParamSpec("P")
@@ -31,11 +31,13 @@ P = ParamSpec("P")
 _make = cast("Callable[[Callable[..., Op], tuple[Any, ...]], Op]", tuple.__new__)
 
 
-#: The longest a batch holding only records nobody waits for (`append_lazy`) gathers before its commit.
-#: A drain's acknowledgements then go to disk in a few large commits rather than one per writer round:
-#: every commit rewrites the pages it touches, and a faster writer had made the commits (and so the
-#: bytes written a message) smaller. A crash loses at most this much of them: those QoS 1 messages are
-#: delivered again, as QoS 1 allows; nothing a QoS 2 flow or an acknowledgement waits for is lazy.
+#: The longest the changes nothing waits for (`record_delivery_gone` and the like) gather before
+#: their commit, when no change that something waits for comes. A drain's acknowledgements then go to
+#: disk in a few large commits rather than one per writer round: every commit rewrites the pages it
+#: touches, and a faster writer had made the commits (and so the bytes written a message) smaller. A
+#: crash loses at most this much of them: those QoS 1 messages are delivered again, as QoS 1 allows,
+#: and a completed QoS 2 flow gets its PUBREL again; nothing a QoS 2 flow or an acknowledgement waits
+#: for is lazy.
 LAZY_COMMIT_S = 0.02
 
 
@@ -47,7 +49,9 @@ class Store:
         self.database = Database(data_dir, durability)
         self.journal = StoreJournal(self)
         self._pending: list[Op] = []
+        self._lazy = LazyRecords()
         self._urgent = False  # the pending batch holds something that is waited for (`append`)
+        self._idle = False  # the committer waits for a first change
         #: Sequence number of the batch now gathering; `committed_seq` is the last one on disk.
         self.pending_seq = 1
         self.committed_seq = 0
@@ -70,12 +74,30 @@ class Store:
             wakeup.set()
         return self.pending_seq
 
-    def append_lazy(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> None:
-        """Queue a change nothing waits for (an acknowledged delivery gone, a QoS 1 packet id): its batch
-        is committed with the next change that is waited for, or LAZY_COMMIT_S after it at the latest."""
-        if not self._pending and self._wakeup is not None:
-            self._wakeup.set()  # the committer idles: it starts the clock
-        self._pending.append(_make(kind, fields) if not named else kind(*fields, **named))
+    # Changes nothing waits for: committed with the next change something waits for, or LAZY_COMMIT_S
+    # after the first of them at the latest.
+
+    def record_sent_qos1(self, seq: int, packet_id: int) -> None:
+        """Stored QoS 1 delivery ``seq`` went out under ``packet_id``."""
+        self._start_lazy_clock()
+        self._lazy.sent_seqs.append(seq)
+        self._lazy.sent_ids.append(packet_id)
+
+    def record_delivery_gone(self, seq: int) -> None:
+        """Stored delivery ``seq`` is finished."""
+        self._start_lazy_clock()
+        self._lazy.gone.append(seq)
+
+    def record_message_gone(self, message_id: int) -> None:
+        """Stored message ``message_id`` is used by no stored delivery any more."""
+        self._start_lazy_clock()
+        self._lazy.messages_gone.append(message_id)
+
+    def _start_lazy_clock(self) -> None:
+        if self._idle:
+            self._idle = False
+            assert self._wakeup is not None
+            self._wakeup.set()
 
     def size_bytes(self) -> int:
         """The store's size on disk: the database and its write-ahead log."""
@@ -86,9 +108,11 @@ class Store:
         each, tell ``on_commit`` the batch number now on disk."""
         limiter = trio.CapacityLimiter(1)  # one writer thread, ever
         while True:
-            if not self._pending:
+            if not self._pending and not self._lazy:
                 self._wakeup = trio.Event()
+                self._idle = True
                 await self._wakeup.wait()
+                self._idle = False
                 self._wakeup = None
             if not self._urgent:  # only lazy changes so far: gather, until one is waited for
                 self._wakeup = trio.Event()
@@ -100,17 +124,19 @@ class Store:
     async def commit_now(
         self, limiter: trio.CapacityLimiter | None = None, on_commit: Callable[[int], None] | None = None
     ) -> None:
-        batch = cancel_out(self._pending)
+        lazy = self._lazy
+        batch = cancel_out(self._pending, lazy)
         self._pending = []
+        self._lazy = LazyRecords()
         self._urgent = False
         seq = self.pending_seq
         self.pending_seq = seq + 1
-        if batch:  # else everything cancelled out: nothing to write, no thread hop, no wait
+        if batch or lazy:  # else everything cancelled out: nothing to write, no thread hop, no wait
             # Not cancellable: a commit half-applied is rolled back by sqlite, but the broker must
             # learn the outcome before it acknowledges anything.
             started = time.perf_counter()
             await trio.to_thread.run_sync(
-                self.database.apply, batch, limiter=limiter, abandon_on_cancel=False
+                self.database.apply, batch, lazy, limiter=limiter, abandon_on_cancel=False
             )
             self.commit_seconds.observe(time.perf_counter() - started)
         self.committed_seq = seq
@@ -132,8 +158,10 @@ class Store:
 
     def finish(self) -> None:
         """Apply what is still pending (at shutdown, from a thread or after the loop) and close."""
-        batch = cancel_out(self._pending)
+        lazy = self._lazy
+        batch = cancel_out(self._pending, lazy)
         self._pending = []
-        if batch and self.database.is_open:
-            self.database.apply(batch)
+        self._lazy = LazyRecords()
+        if (batch or lazy) and self.database.is_open:
+            self.database.apply(batch, lazy)
         self.database.close(clean=True)

@@ -23,7 +23,6 @@ from edgebus.store.ops import (
     BridgeDropped,
     BridgeForwarded,
     BridgeQueued,
-    DeliveryGone,
     DeliveryQueued,
     DeliveryState,
     InboundReceived,
@@ -73,7 +72,11 @@ class Batches(Protocol):
 
     def append(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> int: ...
 
-    def append_lazy(self, kind: Callable[P, Op], /, *fields: P.args, **named: P.kwargs) -> None: ...
+    def record_sent_qos1(self, seq: int, packet_id: int) -> None: ...
+
+    def record_delivery_gone(self, seq: int) -> None: ...
+
+    def record_message_gone(self, message_id: int) -> None: ...
 
 
 class StoreJournal:
@@ -121,7 +124,7 @@ class StoreJournal:
         if not seq:
             return 0
         if delivery.qos == 1:  # only QoS 2 must wait: a QoS 1 resend may repeat
-            self.store.append_lazy(DeliveryState, seq, packet_id, 1)
+            self.store.record_sent_qos1(seq, packet_id)
             return 0
         return self.store.append(DeliveryState, seq, packet_id, 2)
 
@@ -136,13 +139,13 @@ class StoreJournal:
         delivery.store_seq = 0
         # Nothing waits for it: a delivery the crash undoes is delivered again (QoS 1), or its PUBREL
         # is (QoS 2, already answered by PUBCOMP): never a second copy of a QoS 2 message.
-        self.store.append_lazy(DeliveryGone, seq)
+        self.store.record_delivery_gone(seq)
         self._release_message(delivery.message)
 
     def _release_message(self, message: Message) -> None:
         message.store_refs -= 1
         if message.store_refs <= 0 and message.store_id:
-            self.store.append_lazy(MessageGone, message.store_id)
+            self.store.record_message_gone(message.store_id)
             message.store_id = 0
             message.store_refs = 0
 

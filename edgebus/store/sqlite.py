@@ -21,7 +21,7 @@ from edgebus.protocol.enums import PacketType
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import UserProperties
 from edgebus.protocol.properties import read_properties
-from edgebus.store.ops import Op, executions
+from edgebus.store.ops import LazyRecords, Op, executions, lazy_executions
 from edgebus.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("edgebus.store")
@@ -128,13 +128,16 @@ class Database:
                 pass
         return total
 
-    def apply(self, batch: list[Op]) -> None:
-        """Write ``batch`` as one transaction: one fsync (with durability "fsync") for all of it."""
+    def apply(self, batch: list[Op], lazy: LazyRecords | None = None) -> None:
+        """Write ``batch``, then ``lazy``, as one transaction: one fsync (with durability "fsync") for all."""
         db = self._db
         assert db is not None
         with _transaction(db):
-            for statement, ops in executions(batch):
-                db.executemany(statement, ops)
+            for statement, rows in executions(batch):
+                db.executemany(statement, rows)
+            if lazy is not None:
+                for statement, rows in lazy_executions(lazy):
+                    db.executemany(statement, rows)
         self.commits += 1
         self.ops_written += len(batch)
 

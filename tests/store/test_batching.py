@@ -1,5 +1,6 @@
-"""How a batch reaches the database: `cancel_out` drops what a later operation of the batch makes moot, and
-`executions` groups the rest into one `executemany` per kind. Both must leave the database exactly as
+"""How a batch reaches the database: the changes nothing waits for are gathered as LazyRecords, `cancel_out`
+drops what a later change of the batch makes moot, and `executions` groups the rest into one `executemany`
+per kind, the lazy records last. Both must leave the database exactly as
 running every operation's statements one by one would: checked on real sqlite files, table by table."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgebus.store.ops import (
     DeliveryGone,
     DeliveryQueued,
     DeliveryState,
+    LazyRecords,
     MessageGone,
     MessageSaved,
     Op,
@@ -29,8 +31,8 @@ from edgebus.store.ops import (
     SubscriptionRemoved,
     SubscriptionSaved,
     cancel_out,
-    executions,
     key_ranges,
+    lazy_executions,
 )
 from edgebus.store.sqlite import Database
 
@@ -66,7 +68,8 @@ def open_database(path: Path) -> Database:
 
 def lifecycles(rng: random.Random, first_mid: int, first_seq: int, count: int) -> list[list[Op]]:
     """Each message's own operations in the order the broker makes them: saved, its deliveries queued,
-    sent (state), perhaps PUBREC'd (state 3), finished, and the message gone once its last delivery is."""
+    sent (state 1 or 2 by QoS), a QoS 2 one perhaps PUBREC'd (state 3), finished, and the message gone
+    once its last delivery is."""
     lives: list[list[Op]] = []
     seq = first_seq
     for mid in range(first_mid, first_mid + count):
@@ -74,10 +77,11 @@ def lifecycles(rng: random.Random, first_mid: int, first_seq: int, count: int) -
         finished = 0
         targets = rng.sample(["a", "b"], rng.randint(1, 2))
         for client in targets:
-            life.append(DeliveryQueued(seq, client, mid, rng.choice((1, 2)), False, ""))
+            qos = rng.choice((1, 2))
+            life.append(DeliveryQueued(seq, client, mid, qos, False, ""))
             if rng.random() < 0.8:
-                life.append(DeliveryState(seq, rng.randint(1, 65535), 1))
-                if rng.random() < 0.3:
+                life.append(DeliveryState(seq, rng.randint(1, 65535), qos))
+                if qos == 2 and rng.random() < 0.3:
                     life.append(DeliveryState(seq, 7, 3))
                 if rng.random() < 0.7:
                     life.append(DeliveryGone(seq))
@@ -87,6 +91,29 @@ def lifecycles(rng: random.Random, first_mid: int, first_seq: int, count: int) -
             life.append(MessageGone(mid))
         lives.append(life)
     return lives
+
+
+def journaled(batch: list[Op]) -> tuple[list[Op], LazyRecords]:
+    """``batch`` as the journal makes it: what nothing waits for (a QoS 1 delivery's state, a delivery or
+    a message gone) as LazyRecords, the rest as operations."""
+    ops: list[Op] = []
+    lazy = LazyRecords()
+    for op in batch:
+        if isinstance(op, DeliveryState) and op.state == 1:
+            lazy.sent_seqs.append(op.seq)
+            lazy.sent_ids.append(op.packet_id)
+        elif isinstance(op, DeliveryGone):
+            lazy.gone.append(op.seq)
+        elif isinstance(op, MessageGone):
+            lazy.messages_gone.append(op.message_id)
+        else:
+            ops.append(op)
+    return ops, lazy
+
+
+def prepared(batch: list[Op], cancelled: bool) -> tuple[list[Op], LazyRecords]:
+    ops, lazy = journaled(batch)
+    return (cancel_out(ops, lazy) if cancelled else ops), lazy
 
 
 def merged(rng: random.Random, lives: list[list[Op]], others: list[Op]) -> list[Op]:
@@ -109,7 +136,6 @@ def merged(rng: random.Random, lives: list[list[Op]], others: list[Op]) -> list[
 @pytest.mark.parametrize("seed", range(6))
 def test_grouped_batches_write_what_one_by_one_writes(tmp_path: Path, seed: int, cancelled: bool) -> None:
     rng = random.Random(seed)
-    prepare = cancel_out if cancelled else list
     grouped = open_database(tmp_path / "grouped")
     reference = open_database(tmp_path / "reference")
     ref_db = reference._db
@@ -123,7 +149,7 @@ def test_grouped_batches_write_what_one_by_one_writes(tmp_path: Path, seed: int,
     lives = lifecycles(rng, 1, 1, 30)
     first += [op for life in lives for op in life[:2]]
     later = [life[2:] for life in lives]
-    grouped.apply(prepare(list(first)))
+    grouped.apply(*prepared(first, cancelled))
     one_by_one(ref_db, first)
     # Batch 2: the rest of those lives, new ones interleaved, and other kinds in between (a session
     # that goes and comes back, subscriptions, a bridge outbox) that end the lifecycle stretches.
@@ -139,7 +165,7 @@ def test_grouped_batches_write_what_one_by_one_writes(tmp_path: Path, seed: int,
         BridgeQueued("up", 3, "x", b"3", 1, False, None, 1.0, None, None),
     ]
     second = merged(rng, later + lifecycles(rng, 100, 1000, 40), others)
-    grouped.apply(prepare(list(second)))
+    grouped.apply(*prepared(second, cancelled))
     one_by_one(ref_db, second)
     assert contents(grouped._db) == contents(ref_db)
     grouped.close()
@@ -152,9 +178,11 @@ def test_a_drain_batch_is_a_few_statements() -> None:
     batch: list[Op] = []
     for seq in [*range(1, 51), *range(52, 101)]:  # 51 is still in flight
         batch += [DeliveryState(seq + 100, 1, 1), DeliveryGone(seq), MessageGone(seq + 1000)]
-    steps = [(sql.split()[0], list(rows)) for sql, rows in executions(cancel_out(batch))]
+    ops, lazy = journaled(batch)
+    assert cancel_out(ops, lazy) == []
+    steps = [(sql.split()[0], list(rows)) for sql, rows in lazy_executions(lazy)]
     assert steps == [
-        ("UPDATE", [DeliveryState(seq + 100, 1, 1) for seq in [*range(1, 51), *range(52, 101)]]),
+        ("UPDATE", [(seq + 100, 1) for seq in [*range(1, 51), *range(52, 101)]]),
         ("DELETE", [(1, 50), (52, 100)]),
         ("DELETE", [(1001, 1050), (1052, 1100)]),
     ]
@@ -166,8 +194,16 @@ def test_key_ranges() -> None:
 
 
 def test_the_state_of_a_delivery_finished_in_the_same_batch_is_not_written() -> None:
-    batch: list[Op] = [DeliveryState(5, 9, 1), DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
-    assert cancel_out(batch) == [DeliveryState(6, 10, 1), DeliveryGone(5), MessageGone(50)]
+    ops, lazy = journaled(
+        [
+            DeliveryState(5, 9, 1),
+            DeliveryState(6, 10, 1),
+            DeliveryState(7, 11, 2),
+            DeliveryGone(5),
+            DeliveryGone(7),
+        ]
+    )
+    assert cancel_out(ops, lazy) == [] and (lazy.sent_seqs, lazy.sent_ids, lazy.gone) == ([6], [10], [5, 7])
 
 
 def _message_ids(store: Store) -> list[int]:
@@ -178,8 +214,9 @@ def _message_ids(store: Store) -> list[int]:
 async def test_records_nobody_waits_for_ride_with_the_next_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An acknowledged delivery's removal (append_lazy) does not make a commit of its own at once: it goes
-    with the next change that something waits for, or after LAZY_COMMIT_S. What waits is never delayed."""
+    """A change nothing waits for (record_message_gone and the like) makes no commit of its own at once: it
+    goes with the next change that something waits for, or after LAZY_COMMIT_S. What waits is never
+    delayed."""
     monkeypatch.setattr(committer, "LAZY_COMMIT_S", 60.0)
     store = Store(tmp_path)
     await trio.to_thread.run_sync(store.load)
@@ -200,14 +237,14 @@ async def test_records_nobody_waits_for_ride_with_the_next_commit(
         nursery.start_soon(store.commit_forever, on_commit)
         await committed(store.append(MessageSaved, 1, "t", b"p", 1, False, None, None, None))
         await committed(store.append(MessageSaved, 2, "t", b"p", 1, False, None, None, None))
-        store.append_lazy(MessageGone, 1)
+        store.record_message_gone(1)
         before = store.committed_seq
         await trio.sleep(0.3)
         assert store.committed_seq == before and _message_ids(store) == [1, 2]  # still gathering
         await committed(store.append(SessionSaved, "a", 4, 60))  # waited for: commits now, with it
         assert _message_ids(store) == [2]
         monkeypatch.setattr(committer, "LAZY_COMMIT_S", 0.05)
-        store.append_lazy(MessageGone, 2)
+        store.record_message_gone(2)
         await committed(store.committed_seq + 1)  # alone, it goes after LAZY_COMMIT_S
         assert _message_ids(store) == []
         nursery.cancel_scope.cancel()
