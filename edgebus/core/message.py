@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from edgebus.protocol.encoder import fixed_header
 from edgebus.protocol.enums import MQTT_5, PacketType
@@ -32,6 +33,7 @@ class Message:
         "_topic_bytes",
         "_whole_qos0",
         "expiry_deadline",
+        "on_settled",
         "payload",
         "properties",
         "publisher_id",
@@ -70,6 +72,9 @@ class Message:
         # Its row in the durable store (0: not stored) and how many stored deliveries use it.
         self.store_id = 0
         self.store_refs = 0
+        # Called once its stored deliveries are all finished (acknowledged, or dropped): a PUBACK held
+        # for the commit of those deliveries alone may then go at once (see ConnectionOutput).
+        self.on_settled: Callable[[], None] | None = None
         # The topic encoded (length prefix and UTF-8): as received when the caller has it (topic_wire,
         # a PUBLISH's own topic, no alias), else encoded on first use.
         self._topic_bytes = topic_wire

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from edgebus.core.flows import FlowState, TopicAliases
+from edgebus.core.message import Message
 from edgebus.core.server_events import REPLY_OVERHEAD_BYTES
 from edgebus.core.session import Inflight, Session
 from edgebus.core.stats import Stats
@@ -57,10 +58,12 @@ class ConnectionOutput:
         # Bytes in `_control` and `_held` (+ overhead): the broker stops reading while past its bound.
         self.output_bytes = 0
         self._held_bytes = 0
-        # Replies waiting for a store commit, in order: (commit number, bytes). Once one waits,
-        # everything after it waits too, so acks keep the order of their PUBLISHes [MQTT-4.6.0-2].
+        # Replies waiting for a store commit, in order: (commit number, bytes, settling message). Once
+        # one waits, everything after it waits too, so acks keep the order of their PUBLISHes
+        # [MQTT-4.6.0-2]. A PUBACK whose message wrote nothing but its stored deliveries names it: it may
+        # go before the commit once those deliveries are all finished (`settled`).
         # None while nothing is held: an empty deque costs ~600 bytes, and most connections never hold.
-        self._held: deque[tuple[int, bytes]] | None = None
+        self._held: deque[tuple[int, bytes, Message | None]] | None = None
         self.committed_seq = 0
         # Called when the first reply is held, so the broker knows to call `release` on commits.
         self.on_hold: Callable[[ConnectionOutput], None] = _nothing
@@ -75,21 +78,24 @@ class ConnectionOutput:
         """Queue a control packet (SUBACK, UNSUBACK, DISCONNECT, ...), after commit ``wait``."""
         self._reply(encode(packet, self.protocol_level), wait)
 
-    def _reply(self, data: bytes, wait: int = 0) -> None:
-        if not self._held_back(data, wait):
+    def _reply(self, data: bytes, wait: int = 0, settling: Message | None = None) -> None:
+        if not self._held_back(data, wait, settling):
             self._control.append(data)
             self.output_bytes += len(data) + REPLY_OVERHEAD_BYTES
             self.wake()
 
-    def _held_back(self, data: bytes, wait: int) -> bool:
-        """Hold ``data`` back if it must wait for commit ``wait``, or behind a reply held already."""
+    def _held_back(self, data: bytes, wait: int, settling: Message | None = None) -> bool:
+        """Hold ``data`` back if it must wait for commit ``wait``, or behind a reply held already.
+        ``settling``: the message whose PUBACK this is, if all it waits for are its stored deliveries."""
         held = self._held  # None, or not empty (`release` drops it once empty)
         if held is None:
             if wait <= self.committed_seq:
                 return False
             self.on_hold(self)
             held = self._held = deque()
-        held.append((wait, data))
+        held.append((wait, data, settling))
+        if settling is not None:
+            settling.on_settled = self.settled
         size = len(data) + REPLY_OVERHEAD_BYTES
         self._held_bytes += size
         self.output_bytes += size
@@ -101,7 +107,7 @@ class ConnectionOutput:
         self.committed_seq = committed_seq
         held = self._held
         released = False
-        while held and held[0][0] <= committed_seq:
+        while held and (held[0][0] <= committed_seq or _is_settled(held[0][2])):
             data = held.popleft()[1]
             self._control.append(data)
             self._held_bytes -= len(data) + REPLY_OVERHEAD_BYTES
@@ -112,6 +118,12 @@ class ConnectionOutput:
             return True
         self._held = None
         return False
+
+    def settled(self) -> None:
+        """A held PUBACK's message has no stored delivery left (its subscribers acknowledged it, or it
+        was dropped): nothing of it needs the disk any more, so it goes now, in order."""
+        if self._held is not None:
+            self.release(self.committed_seq)
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -207,3 +219,7 @@ class ConnectionOutput:
 
 def _nothing(*_: object) -> None:
     return None
+
+
+def _is_settled(message: Message | None) -> bool:
+    return message is not None and message.store_refs == 0

@@ -226,12 +226,18 @@ class Connection(ConnectionOutput):
             return None
         return MessageReceived(message, packet_id)
 
-    def acknowledge(self, qos: int, packet_id: int, reason_code: int = 0, wait: int = 0) -> None:
+    def acknowledge(
+        self, qos: int, packet_id: int, reason_code: int = 0, wait: int = 0, settling: Message | None = None
+    ) -> None:
         """Send the PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH once the store has
         committed batch ``wait`` (0: at once): the message is as safe as the broker promises.
+        ``settling``: a QoS 1 message that wrote nothing but its stored deliveries; its PUBACK may also
+        go once those are all finished, for then its subscribers have it and the disk owes it nothing.
         (``qos`` is the PUBLISH's; its flow knows it too.)"""
         inbound = self.inbound
         assert inbound is not None
+        if qos != 1:
+            settling = None  # a PUBREC also waits for its packet id on disk [MQTT-4.3.3-10]
         step = inbound.acknowledge(packet_id, reason_code)
         if step.reply is None:
             return  # nothing under this id awaits an acknowledgement
@@ -240,7 +246,7 @@ class Connection(ConnectionOutput):
             # Now awaiting PUBREL: the id must be on disk before PUBREC, or a resend after a crash
             # would be delivered twice [MQTT-4.3.3-10].
             wait = max(wait, session.journal.inbound_received(session, packet_id))
-        self._reply(step.reply_bytes(packet_id, self.protocol_level, reason_code), wait)
+        self._reply(step.reply_bytes(packet_id, self.protocol_level, reason_code), wait, settling)
 
     def _on_ack(self, trigger: Trigger, packet_id: int) -> None:
         """PUBACK, PUBREC or PUBCOMP for an outbound flow."""

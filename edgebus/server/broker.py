@@ -355,15 +355,19 @@ class Broker:
             if isinstance(event, MessageReceived):
                 message = event.message
                 wait = 0
+                settles = False
                 if self.admission.screening_publish and (
                     refused := self.admission.screen_publish(client, message.topic)
                 ):
                     reason = refused
                 else:
-                    reason, wait = fanout.publish(message, conn.session)
+                    reason, wait, settles = fanout.publish(message, conn.session)
                 if message.qos:
-                    # Acknowledged once everything this message wrote to the store is on disk.
-                    conn.acknowledge(message.qos, event.packet_id, reason, wait)
+                    # Acknowledged once everything this message wrote to the store is on disk, or
+                    # (QoS 1) once the stored deliveries it wrote alone are all finished.
+                    conn.acknowledge(
+                        message.qos, event.packet_id, reason, wait, message if settles and wait else None
+                    )
             elif isinstance(event, SubscribeReceived):
                 self.subscriptions.subscribe(client, event.subscribe)
             elif isinstance(event, UnsubscribeReceived):

@@ -41,26 +41,31 @@ class Fanout:
         self.stats = stats
         self.store_full = False  # the store reached [storage] max_bytes
 
-    def publish(self, message: Message, publisher: Session | None) -> tuple[int, int]:
+    def publish(self, message: Message, publisher: Session | None) -> tuple[int, int, bool]:
         """Route one message to every matching session's outbox. Returns the reason code for the
         publisher's PUBACK/PUBREC — 0x00, 0x10 (no matching subscribers) or 0x97 (a queue refused) —
-        and the store batch that holds what the message wrote (0: nothing to wait for)."""
+        and the store batch that holds what the message wrote (0: nothing to wait for), and whether its
+        stored deliveries are all it wrote (then its PUBACK may also go once they are all finished: see
+        `ConnectionOutput.settled`; not when a retained message or a bridge's outbox row is on the way)."""
         topic = message.topic
         if publisher is not None and topic.startswith("$SYS"):
-            return ReasonCode.NOT_AUTHORIZED, 0  # $SYS is the broker's own; clients may not publish there
+            # $SYS is the broker's own; clients may not publish there
+            return ReasonCode.NOT_AUTHORIZED, 0, False
         wait = 0
         bridged = False
+        pinned = False  # a write other than the deliveries: the retained store, an outbox
         if self.bridges:
             # Into the bridges' outboxes first: a full outbox under "refuse" refuses the whole message
             # (0x97), before anything else happened to it.
             for bridge in self.bridges:
                 batch = bridge.offer(message)
                 if batch is None:
-                    return ReasonCode.QUOTA_EXCEEDED, wait
+                    return ReasonCode.QUOTA_EXCEEDED, wait, False
                 if batch != NOT_ROUTED:
                     bridged = True
                     if batch:
                         wait = batch
+                        pinned = True
         if message.retain:
             if message.payload:
                 self.retained.set(topic, message)  # [MQTT-3.3.1-5]
@@ -69,16 +74,17 @@ class Fanout:
             journal = self.journal
             if journal is not None and not topic.startswith("$SYS"):  # wills too; $SYS is rebuilt
                 wait = journal.retained_set(message) if message.payload else journal.retained_cleared(topic)
+                pinned = True
         matches, groups = self.router.match(topic)
         if not matches and not groups:
-            return (ReasonCode.SUCCESS if bridged else ReasonCode.NO_MATCHING_SUBSCRIBERS), wait
+            return (ReasonCode.SUCCESS if bridged else ReasonCode.NO_MATCHING_SUBSCRIBERS), wait, False
         sessions = self.sessions
         refused = False
         publisher_id = message.publisher_id
         if len(matches) == 1 and not groups:
             client_id, opts = matches[0]
             if opts.no_local and client_id == publisher_id:  # [MQTT-3.8.3-3]
-                return ReasonCode.SUCCESS, wait
+                return ReasonCode.SUCCESS, wait, False
             session = sessions.get(client_id)
             if session is not None:
                 sub_ids = () if opts.subscription_id is None else (opts.subscription_id,)
@@ -126,8 +132,8 @@ class Fanout:
                 elif batch:
                     wait = batch
         if refused and self.overflow == "refuse":
-            return ReasonCode.QUOTA_EXCEEDED, wait
-        return ReasonCode.SUCCESS, wait
+            return ReasonCode.QUOTA_EXCEEDED, wait, False
+        return ReasonCode.SUCCESS, wait, not pinned
 
     def clear_retained(self, topic: str) -> bool:
         """Remove a retained message on an operator's request (HTTP API): nothing is delivered, unlike an

@@ -148,6 +148,10 @@ class StoreJournal:
             self.store.record_message_gone(message.store_id)
             message.store_id = 0
             message.store_refs = 0
+            settled = message.on_settled
+            if settled is not None:  # its publisher's PUBACK waited for these deliveries alone
+                message.on_settled = None
+                settled()
 
     def message_gone(self, message_id: int) -> int:
         """A stored message no delivery uses (or that cannot be read back)."""
