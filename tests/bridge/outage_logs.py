@@ -27,11 +27,7 @@ STREAM = "LOG"
 GATEWAY = "gw-test"
 #: Shorter than every outage below: de-duplication must come from resume(), not from the window.
 DUPLICATE_WINDOW_S = 1.0
-#: Faults per scenario run. Two, not more: the first breaks a link on its first connection, the second one
-#: that itself came back from a fault (reconnected, resumed, batches skipped); a third would find the second's
-#: situation again, at ~2.5 s per cycle in each of the campaign's ~28 runs. Each fault still lands at a random
-#: moment of the traffic, so successive runs sample other moments.
-CYCLES = 2
+CYCLES = 3
 OUTAGE_S = DUPLICATE_WINDOW_S * 1.5
 #: A link that notices trouble in a second or two and comes back fast (the tests have many cycles).
 FAST_LINK: dict[str, object] = {

@@ -1,7 +1,6 @@
 """Outage cycles against the real engines: the uplink cut mid-stream by a proxy, the upstream killed and
-restarted, the gateway SIGKILLed while forwarding and restarted; CYCLES times each (outage_logs.py says why
-two), with traffic flowing. Every time, the log must hold every acknowledged device message exactly once, in
-per-topic order (tests/bridge/audit.py).
+restarted, the gateway SIGKILLed while forwarding and restarted; several cycles each. Every time, the log
+must hold every acknowledged device message exactly once, in per-topic order (tests/bridge/audit.py).
 
 The bridge's promise (issue 6) stacked on MQTT's: a device's PUBACK means the message is the broker's
 [MQTT-4.3.2-2]; the broker then owes it to the log once.
