@@ -16,6 +16,7 @@ from typing import Any, Final
 import pytest
 import trio
 
+from tests import shared_engines
 from tests.clients import PEER, AmqttClient, PahoClient, RawClient
 from tests.processes import free_port
 
@@ -25,6 +26,16 @@ TEST_TIMEOUT_S: Final = 60.0
 BROKER_START_S: Final = 10.0
 BROKER_STOP_S: Final = 5.0
 MOSQUITTO: Final = "/usr/sbin/mosquitto"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Boot the shared engines the selected tests need in the background (tests/shared_engines.py)."""
+    if not session.config.option.collectonly:
+        shared_engines.start_early(session.items)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared_engines.wait_for_early_start()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -34,8 +34,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import nats.js.api
 import trio
 
-from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
+from edgebus.bridge.aio import LoopThread
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, connect_first, cross_to_sink
 from edgebus.bridge.jetstream_link import CLOSE_TIMEOUT_S, LastMessage, NatsLink, describe, server_url
 from edgebus.bridge.jetstream_subjects import consumer_name, out_filters, subject_matches
 from edgebus.bridge.rules import TopicMap
@@ -45,10 +45,9 @@ from edgebus.bridge.sink import (
     InboundMessage,
     Record,
     SinkBase,
-    SinkError,
     Uplink,
 )
-from edgebus.config import BridgeConfig
+from edgebus.config import BridgeConfig, ListenAddress
 from edgebus.nursery import unwrap_single_error
 
 __all__ = ["JetStreamSink"]
@@ -63,7 +62,6 @@ FETCH_WAIT_S = 1.0
 #: Seconds the durable consumer waits for an ack before it redelivers; a fetched batch is delivered well
 #: within it. After a link dies mid-batch the unacknowledged messages come back after this long.
 ACK_WAIT_S = 30.0
-#: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 
 
 class _JetStreamUplink:
@@ -171,53 +169,34 @@ class JetStreamSink(SinkBase):
             filter_subjects=filters if len(filters) > 1 else None,
         )
 
-    async def _connect_link(self, loop_thread: LoopThread) -> NatsLink:
-        """Try the addresses in turn, each within connect_timeout."""
-        bridge = self.bridge
-        failures: list[str] = []
-        consumer = self._consumer_config()
-        for address in bridge.addresses:
-            url = server_url(address.host, address.port, bridge.tls)
-            link = NatsLink(bridge, self.client_id)
-            opened = False
-            try:
-                await _cross(
-                    "connect",
-                    loop_thread,
-                    link.open,
-                    url,
-                    bridge.stream,
-                    consumer,
-                    timeout=bridge.connect_timeout + CROSSING_MARGIN_S,
-                )
-                opened = True
-                return link
-            except SinkError as error:
-                if isinstance(error.__cause__, TimeoutError):
-                    failures.append(f"{url}: no answer within {bridge.connect_timeout:g} s")
-                else:
-                    failures.append(f"{url}: {error}")
-                log.info("JetStream bridge %r: %s", bridge.name, failures[-1])
-            finally:
-                if not opened:
-                    await _close_link(loop_thread, link)
-        raise SinkError("could not connect to JetStream: " + "; ".join(failures))
-
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Uplink]:
-        async with open_loop_thread(f"jetstream-{self.client_id}") as loop_thread:
-            link = await self._connect_link(loop_thread)
-            try:
-                with unwrap_single_error():  # the body's send and the receiver may see the same dead link
-                    async with trio.open_nursery() as nursery:
-                        if self._in_filters:
-                            nursery.start_soon(self._receive, loop_thread, link)
-                        try:
-                            yield _JetStreamUplink(self, loop_thread, link)
-                        finally:
-                            nursery.cancel_scope.cancel()
-            finally:
-                await _close_link(loop_thread, link)
+        bridge = self.bridge
+        consumer = self._consumer_config()
+
+        def url(address: ListenAddress) -> str:
+            return server_url(address.host, address.port, bridge.tls)
+
+        async def open_link(link: NatsLink, address: ListenAddress) -> None:
+            await link.open(url(address), bridge.stream, consumer)
+
+        async with connect_first(
+            "JetStream",
+            bridge,
+            f"jetstream-{self.client_id}",
+            lambda _address: NatsLink(bridge, self.client_id),
+            open_link,
+            CLOSE_TIMEOUT_S,
+            where=url,
+        ) as (loop_thread, link):
+            with unwrap_single_error():  # the body's send and the receiver may see the same dead link
+                async with trio.open_nursery() as nursery:
+                    if self._in_filters:
+                        nursery.start_soon(self._receive, loop_thread, link)
+                    try:
+                        yield _JetStreamUplink(self, loop_thread, link)
+                    finally:
+                        nursery.cancel_scope.cancel()
 
     # -- in rules ----------------------------------------------------------------------------------------
 
@@ -265,6 +244,3 @@ class JetStreamSink(SinkBase):
                 handles = [fetched.handle for fetched in batch]
                 await _cross("ack", loop_thread, link.settle, handles, [], timeout=settle_timeout)
 
-
-async def _close_link(loop_thread: LoopThread, link: NatsLink) -> None:
-    await close_link("JetStream", loop_thread, link.close, CLOSE_TIMEOUT_S)

@@ -29,19 +29,16 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
+from edgebus.bridge.aio import LoopThread
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, connect_first, cross_to_sink
 from edgebus.bridge.rabbitmq_link import CLOSE_TIMEOUT_S, StreamLink
 from edgebus.bridge.rules import TopicMap
-from edgebus.bridge.sink import BridgeIdentity, Deliver, Record, SinkBase, SinkError, Uplink
-from edgebus.config import BridgeConfig
+from edgebus.bridge.sink import BridgeIdentity, Deliver, Record, SinkBase, Uplink
+from edgebus.config import BridgeConfig, ListenAddress
 
 __all__ = ["RabbitStreamSink", "producer_name"]
 
 log = logging.getLogger(__name__)
-
-
-#: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 
 
 def producer_name(identity: BridgeIdentity, bridge_name: str) -> str:
@@ -110,46 +107,19 @@ class RabbitStreamSink(SinkBase):
     def connect(self) -> AbstractAsyncContextManager[Uplink]:
         return self._open()
 
-    async def _connect_link(self, loop_thread: LoopThread) -> StreamLink:
-        """Try the addresses in turn, each within connect_timeout."""
-        bridge = self.bridge
-        failures: list[str] = []
-        for address in bridge.addresses:
-            link = StreamLink(bridge, self.client_id, self.producer_name)
-            opened = False
-            where = f"{address.host}:{address.port}"
-            try:
-                await _cross(
-                    "connect",
-                    loop_thread,
-                    link.open,
-                    address.host,
-                    address.port,
-                    bridge.stream,
-                    timeout=bridge.connect_timeout + CROSSING_MARGIN_S,
-                )
-                opened = True
-                return link
-            except SinkError as error:
-                if isinstance(error.__cause__, TimeoutError):
-                    failures.append(f"{where}: no answer within {bridge.connect_timeout:g} s")
-                else:
-                    failures.append(f"{where}: {error}")
-                log.info("RabbitMQ stream bridge %r: %s", bridge.name, failures[-1])
-            finally:
-                if not opened:
-                    await _close_link(loop_thread, link)
-        raise SinkError("could not connect to RabbitMQ streams: " + "; ".join(failures))
-
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Uplink]:
-        async with open_loop_thread(f"rabbitmq-{self.client_id}") as loop_thread:
-            link = await self._connect_link(loop_thread)
-            try:
-                yield _StreamUplink(self, loop_thread, link)
-            finally:
-                await _close_link(loop_thread, link)
+        bridge = self.bridge
 
+        async def open_link(link: StreamLink, address: ListenAddress) -> None:
+            await link.open(address.host, address.port, bridge.stream)
 
-async def _close_link(loop_thread: LoopThread, link: StreamLink) -> None:
-    await close_link("RabbitMQ stream", loop_thread, link.close, CLOSE_TIMEOUT_S)
+        async with connect_first(
+            "RabbitMQ stream",
+            bridge,
+            f"rabbitmq-{self.client_id}",
+            lambda _address: StreamLink(bridge, self.client_id, self.producer_name),
+            open_link,
+            CLOSE_TIMEOUT_S,
+        ) as (loop_thread, link):
+            yield _StreamUplink(self, loop_thread, link)

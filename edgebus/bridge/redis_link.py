@@ -110,12 +110,12 @@ class RedisLink:
                 if kind not in ("none", "stream"):
                     raise SinkError(f"Redis key {stream!r} holds a {kind}, not a stream")
                 await self.client.script_load(ADD_BATCH_SCRIPT)
-        except TimeoutError:
-            raise SinkError(f"{self.where}: no answer within {self._bridge.connect_timeout:g} s") from None
+        except TimeoutError:  # (no address in these texts: connect_first puts it in front)
+            raise SinkError(f"no answer within {self._bridge.connect_timeout:g} s") from None
         except redis.exceptions.AuthenticationError as error:
-            raise SinkError(f"{self.where}: authentication failed: {error}") from None
+            raise SinkError(f"authentication failed: {error}") from None
         except redis.exceptions.RedisError as error:
-            raise SinkError(f"{self.where}: {describe(error)}") from None
+            raise SinkError(describe(error)) from None
 
     async def close(self) -> None:
         try:

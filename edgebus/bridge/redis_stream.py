@@ -28,8 +28,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from edgebus.bridge.aio import LoopThread, open_loop_thread
-from edgebus.bridge.crossing import CROSSING_MARGIN_S, close_link, cross_to_sink
+from edgebus.bridge.aio import LoopThread
+from edgebus.bridge.crossing import CROSSING_MARGIN_S, connect_first, cross_to_sink
 from edgebus.bridge.redis_link import CLOSE_TIMEOUT_S, LastEntry, RedisLink
 from edgebus.bridge.rules import TopicMap
 from edgebus.bridge.sink import (
@@ -38,10 +38,9 @@ from edgebus.bridge.sink import (
     Deliver,
     Record,
     SinkBase,
-    SinkError,
     Uplink,
 )
-from edgebus.config import BridgeConfig
+from edgebus.config import BridgeConfig, ListenAddress
 
 __all__ = ["USER_PROPERTY_PREFIX", "RedisStreamSink", "default_stream", "entry_arguments", "split_entry_id"]
 
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 #: The field-name prefix of the MQTT 5 user properties (one field each, in order, repeats kept). The fields
 #: edgebus writes itself (payload, topic, edgebus-msg-id, content-type, retain) never contain ":".
 USER_PROPERTY_PREFIX = "prop:"
-#: Seconds a crossing may take beyond the bound enforced on the asyncio side (which reports the real cause).
 #: False: entries get server-made ids (``*``); only for the control run showing why the scheme is there.
 EXPLICIT_IDS = True
 
@@ -165,35 +163,19 @@ class RedisStreamSink(SinkBase):
                      self.stream, self.identity.epoch, self.base_ms)
         return 0
 
-    async def _connect_link(self, loop_thread: LoopThread) -> RedisLink:
-        """Try the addresses in turn, each within connect_timeout."""
-        bridge = self.bridge
-        failures: list[str] = []
-        for address in bridge.addresses:
-            link = RedisLink(bridge, self.client_id, address.host, address.port)
-            opened = False
-            try:
-                timeout = bridge.connect_timeout + CROSSING_MARGIN_S
-                await _cross("connect", loop_thread, link.open, self.stream, timeout=timeout)
-                opened = True
-                return link
-            except SinkError as error:
-                failures.append(str(error))
-                log.info("Redis bridge %r: %s", bridge.name, failures[-1])
-            finally:
-                if not opened:
-                    await _close_link(loop_thread, link)
-        raise SinkError("could not connect to Redis: " + "; ".join(failures))
-
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Uplink]:
-        async with open_loop_thread(f"redis-{self.client_id}") as loop_thread:
-            link = await self._connect_link(loop_thread)
-            try:
-                yield _RedisUplink(self, loop_thread, link)
-            finally:
-                await _close_link(loop_thread, link)
+        bridge = self.bridge
 
+        async def open_link(link: RedisLink, _address: ListenAddress) -> None:
+            await link.open(self.stream)
 
-async def _close_link(loop_thread: LoopThread, link: RedisLink) -> None:
-    await close_link("Redis", loop_thread, link.close, CLOSE_TIMEOUT_S)
+        async with connect_first(
+            "Redis",
+            bridge,
+            f"redis-{self.client_id}",
+            lambda address: RedisLink(bridge, self.client_id, address.host, address.port),
+            open_link,
+            CLOSE_TIMEOUT_S,
+        ) as (loop_thread, link):
+            yield _RedisUplink(self, loop_thread, link)

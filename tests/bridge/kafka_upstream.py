@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -240,22 +241,26 @@ class KafkaServer:
 
 
 _shared: KafkaServer | None = None
+#: Held while the shared broker starts: a test asking for it waits for a start already under way (the
+#: session may begin one in the background, tests/shared_engines.py).
+_shared_lock = threading.Lock()
 
 
 def shared_kafka() -> KafkaServer:
     """The test session's Kafka, started on first use and stopped (by PID) when the interpreter exits.
     A test that kills it restarts it before it ends (`KafkaServer.restart`); this starts it again if not."""
     global _shared
-    if _shared is None:
-        directory = Path(tempfile.mkdtemp(prefix="edgebus-kafka-"))
-        server = KafkaServer(directory)
-        atexit.register(shutil.rmtree, directory, True)
-        atexit.register(server.stop)
-        _shared = server
-    if _shared.process is None:
-        _shared.start()
-        _warm_transactions(_shared)
-    return _shared
+    with _shared_lock:
+        if _shared is None:
+            directory = Path(tempfile.mkdtemp(prefix="edgebus-kafka-"))
+            server = KafkaServer(directory)
+            atexit.register(shutil.rmtree, directory, True)
+            atexit.register(server.stop)
+            _shared = server
+        if _shared.process is None:
+            _shared.start()
+            _warm_transactions(_shared)
+        return _shared
 
 
 def _warm_transactions(server: KafkaServer) -> None:

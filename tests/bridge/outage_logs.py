@@ -136,11 +136,13 @@ class MosquittoLog:
         self.server = upstream  # .port, as JetStreamLog.server
         self.received: list[tuple[str, bytes]] = []  # appended by paho's thread; read by the test
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK of the log's subscription
         client = paho_mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id="cloud-log", protocol=paho_mqtt.MQTTv5
         )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # paho's stubs say int; it sleeps floats
         self.client = client
 
@@ -151,15 +153,17 @@ class MosquittoLog:
     def _on_message(self, _c: paho_mqtt.Client, _u: object, message: paho_mqtt.MQTTMessage) -> None:
         self.received.append((message.topic, bytes(message.payload)))
 
+    def _on_subscribe(self, _c: paho_mqtt.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
+        self.subscribed.set()
+
     async def open(self) -> None:
         properties = PahoProperties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", self.upstream.port, clean_start=False, properties=properties)
         self.client.loop_start()
         with trio.fail_after(10):
-            while not self.connected.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
+            while not self.subscribed.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
                 await trio.sleep(0.02)
-        await trio.sleep(0.2)  # the SUBACK
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -75,6 +75,7 @@ class Qos1MqttLog:
         self._client_id = f"cloud-log-{next(_numbers)}-{time.monotonic_ns()}"
         self.received: list[tuple[str, bytes]] = []  # appended by paho's thread; read by the test
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK of the log's subscription
         self.client: paho_mqtt.Client | None = None
 
     def _on_connect(self, client: paho_mqtt.Client, _u: object, _f: object, code: object, _p: object) -> None:
@@ -83,6 +84,9 @@ class Qos1MqttLog:
 
     def _on_message(self, _c: paho_mqtt.Client, _u: object, message: paho_mqtt.MQTTMessage) -> None:
         self.received.append((message.topic, bytes(message.payload)))
+
+    def _on_subscribe(self, _c: paho_mqtt.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
+        self.subscribed.set()
 
     async def _connect(self) -> None:
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
@@ -94,7 +98,9 @@ class Qos1MqttLog:
         )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.connected.clear()
+        self.subscribed.clear()
         if v5:
             properties = PahoProperties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 3600
@@ -104,9 +110,8 @@ class Qos1MqttLog:
         client.loop_start()
         self.client = client
         with trio.fail_after(20):
-            while not self.connected.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
+            while not self.subscribed.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
                 await trio.sleep(0.02)
-        await trio.sleep(0.3)  # the SUBACK
 
     async def open(self) -> None:
         """Subscribe, then leave: the session keeps what arrives until `read` comes back for it."""

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -187,6 +188,9 @@ async def running_rabbitmq(directory: Path, mqtt_config: str = "") -> AsyncItera
 
 
 _shared: RabbitServer | None = None
+#: Held while the shared node starts: a test asking for it waits for a start already under way (the
+#: session may begin one in the background, tests/shared_engines.py).
+_shared_lock = threading.Lock()
 #: Fresh starts (new ports each) `shared_rabbitmq` tries before giving up.
 SHARED_START_ATTEMPTS = 3
 
@@ -196,20 +200,21 @@ def shared_rabbitmq() -> RabbitServer:
     use, stopped when the test process exits. Tests keep apart by using streams and MQTT topics of their own;
     a test that kills and restarts it leaves it running on the same data and ports."""
     global _shared
-    if _shared is None or _shared.process is None:
-        for attempt in range(SHARED_START_ATTEMPTS):
-            server = RabbitServer(Path(tempfile.mkdtemp(prefix="edgebus-rabbitmq-")))
-            try:
-                server.start_blocking()
-                break
-            except RuntimeError:
-                # The node exited: most often another process took one of its free ports between
-                # free_port() and the node's bind (the machine is shared). New ports, once more.
-                if attempt == SHARED_START_ATTEMPTS - 1:
-                    raise
-        atexit.register(server.stop)
-        _shared = server
-    return _shared
+    with _shared_lock:
+        if _shared is None or _shared.process is None:
+            for attempt in range(SHARED_START_ATTEMPTS):
+                server = RabbitServer(Path(tempfile.mkdtemp(prefix="edgebus-rabbitmq-")))
+                try:
+                    server.start_blocking()
+                    break
+                except RuntimeError:
+                    # The node exited: most often another process took one of its free ports between
+                    # free_port() and the node's bind (the machine is shared). New ports, once more.
+                    if attempt == SHARED_START_ATTEMPTS - 1:
+                        raise
+            atexit.register(server.stop)
+            _shared = server
+        return _shared
 
 
 # --- reading and writing streams --------------------------------------------------------------------------
