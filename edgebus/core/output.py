@@ -108,7 +108,9 @@ class ConnectionOutput:
         held = self._held
         released = False
         while held and (held[0][0] <= committed_seq or _is_settled(held[0][2])):
-            data = held.popleft()[1]
+            _, data, settling = held.popleft()
+            if settling is not None:
+                settling.on_settled = None  # a message queued on keeps no reference to this connection
             self._control.append(data)
             self._held_bytes -= len(data) + REPLY_OVERHEAD_BYTES
             released = True
