@@ -224,4 +224,5 @@ def _nothing(*_: object) -> None:
 
 
 def _is_settled(message: Message | None) -> bool:
-    return message is not None and message.store_refs == 0
+    """Every stored delivery of ``message`` was acknowledged (`StoreJournal.delivery_acknowledged`)."""
+    return message is not None and message.store_refs == 0 and message.on_settled is None

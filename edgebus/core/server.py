@@ -259,7 +259,7 @@ class Connection(ConnectionOutput):
         if step.ended:
             assert flight is not None
             if journal is not None:
-                journal.delivery_finished(session, flight.delivery)
+                journal.delivery_acknowledged(session, flight.delivery)
             if session.outbox:
                 self.wake()  # the id is free and the send window has room for what is queued
         elif step.reply is not None:

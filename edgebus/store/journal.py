@@ -142,16 +142,24 @@ class StoreJournal:
         self.store.record_delivery_gone(seq)
         self._release_message(delivery.message)
 
+    def delivery_acknowledged(self, session: Session, delivery: Delivery) -> None:
+        """Its subscriber acknowledged it (PUBACK, PUBCOMP): finished; and when that was the last stored
+        delivery of a message whose publisher's PUBACK waits for those alone, that PUBACK may go
+        (`Message.on_settled`). Only acknowledgements settle: a delivery dropped or expired leaves the
+        PUBACK to its commit, which keeps the disk's pace on a publisher that floods a full queue."""
+        message = delivery.message
+        self.delivery_finished(session, delivery)
+        settled = message.on_settled
+        if settled is not None and message.store_refs == 0:
+            message.on_settled = None
+            settled()
+
     def _release_message(self, message: Message) -> None:
         message.store_refs -= 1
         if message.store_refs <= 0 and message.store_id:
             self.store.record_message_gone(message.store_id)
             message.store_id = 0
             message.store_refs = 0
-            settled = message.on_settled
-            if settled is not None:  # its publisher's PUBACK waited for these deliveries alone
-                message.on_settled = None
-                settled()
 
     def message_gone(self, message_id: int) -> int:
         """A stored message no delivery uses (or that cannot be read back)."""
