@@ -124,30 +124,25 @@ async def jetstream_log(tmp_path: Path) -> AsyncIterator[JetStreamLog]:
 # --- Mosquitto as the log: a persistent QoS 2 subscriber records what the upstream delivers ---------------
 
 
-class MosquittoLog:
-    """The upstream is a Mosquitto (persistence on); the "log" is what its persistent QoS 2 subscriber, a
-    paho client that reconnects on its own, receives."""
+class PahoLog:
+    """What the paho-based logs share: a subscription to ``prefix + "#"`` at ``log_qos``, made again on every
+    (re)connect, whose arrivals paho's network thread appends to ``received``."""
 
-    prefix = f"gw/{GATEWAY}/"
-    exactly_once = True
+    prefix: str
+    log_qos: int
 
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.server = upstream  # .port, as JetStreamLog.server
+    def _init_log(self) -> None:
         self.received: list[tuple[str, bytes]] = []  # appended by paho's thread; read by the test
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the SUBACK of the log's subscription
-        client = paho_mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="cloud-log", protocol=paho_mqtt.MQTTv5
-        )
+
+    def _wire(self, client: paho_mqtt.Client) -> None:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # paho's stubs say int; it sleeps floats
-        self.client = client
 
     def _on_connect(self, client: paho_mqtt.Client, _u: object, _f: object, code: object, _p: object) -> None:
-        client.subscribe(self.prefix + "#", qos=2)
+        client.subscribe(self.prefix + "#", qos=self.log_qos)
         self.connected.set()
 
     def _on_message(self, _c: paho_mqtt.Client, _u: object, message: paho_mqtt.MQTTMessage) -> None:
@@ -156,14 +151,37 @@ class MosquittoLog:
     def _on_subscribe(self, _c: paho_mqtt.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
         self.subscribed.set()
 
+    async def _until_subscribed(self, timeout_s: float) -> None:
+        with trio.fail_after(timeout_s):
+            while not self.subscribed.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
+                await trio.sleep(0.02)
+
+
+class MosquittoLog(PahoLog):
+    """The upstream is a Mosquitto (persistence on); the "log" is what its persistent QoS 2 subscriber, a
+    paho client that reconnects on its own, receives."""
+
+    prefix = f"gw/{GATEWAY}/"
+    log_qos = 2
+    exactly_once = True
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.server = upstream  # .port, as JetStreamLog.server
+        self._init_log()
+        client = paho_mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="cloud-log", protocol=paho_mqtt.MQTTv5
+        )
+        self._wire(client)
+        client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # paho's stubs say int; it sleeps floats
+        self.client = client
+
     async def open(self) -> None:
         properties = PahoProperties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", self.upstream.port, clean_start=False, properties=properties)
         self.client.loop_start()
-        with trio.fail_after(10):
-            while not self.subscribed.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
-                await trio.sleep(0.02)
+        await self._until_subscribed(10)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -15,7 +15,6 @@ duplicate the audit counts is the bridge's.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from edgebus.bridge.mqtt import MQTT_3_1_1_MAX_INFLIGHT
 from edgebus.bridge.mqtt_uplink import CHECKPOINT_QOS
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.mosquitto_upstream import open_upstreams
-from tests.bridge.outage_logs import CYCLES, FAST_LINK, FAST_LINK_TOML, GATEWAY
+from tests.bridge.outage_logs import CYCLES, FAST_LINK, FAST_LINK_TOML, GATEWAY, PahoLog
 from tests.bridge.rabbitmq_upstream import shared_rabbitmq
 
 _numbers = itertools.count()
@@ -45,12 +44,13 @@ class MqttPort:
     port: int
 
 
-class Qos1MqttLog:
+class Qos1MqttLog(PahoLog):
     """A QoS-1-only MQTT upstream on ``port``; the log is what a persistent QoS 1 paho subscriber (MQTT
     ``protocol``) gets under ``prefix`` once it comes back to read. ``bridge_settings``: the bridge's
     settings for this upstream beyond the common ones; ``restart``: stops and starts the upstream."""
 
     exactly_once = False
+    log_qos = 1
     #: What one failure may cost: the records of one slice, sent and received but whose checkpoint was
     #: not (a slice is the send window less the checkpoint's slot; both upstreams allow 20 in flight:
     #: Mosquitto's Receive Maximum, the bridge's cap for 3.1.1). Slices before it are checkpointed.
@@ -73,20 +73,8 @@ class Qos1MqttLog:
         self._restart = restart
         self._protocol = protocol
         self._client_id = f"cloud-log-{next(_numbers)}-{time.monotonic_ns()}"
-        self.received: list[tuple[str, bytes]] = []  # appended by paho's thread; read by the test
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()  # the SUBACK of the log's subscription
+        self._init_log()
         self.client: paho_mqtt.Client | None = None
-
-    def _on_connect(self, client: paho_mqtt.Client, _u: object, _f: object, code: object, _p: object) -> None:
-        client.subscribe(self.prefix + "#", qos=1)
-        self.connected.set()
-
-    def _on_message(self, _c: paho_mqtt.Client, _u: object, message: paho_mqtt.MQTTMessage) -> None:
-        self.received.append((message.topic, bytes(message.payload)))
-
-    def _on_subscribe(self, _c: paho_mqtt.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
-        self.subscribed.set()
 
     async def _connect(self) -> None:
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
@@ -96,9 +84,7 @@ class Qos1MqttLog:
             protocol=self._protocol,
             clean_session=None if v5 else False,
         )
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        self._wire(client)
         self.connected.clear()
         self.subscribed.clear()
         if v5:
@@ -109,9 +95,7 @@ class Qos1MqttLog:
             client.connect("127.0.0.1", self.server.port)
         client.loop_start()
         self.client = client
-        with trio.fail_after(20):
-            while not self.subscribed.is_set():  # noqa: ASYNC110 - a threading.Event set by paho's thread
-                await trio.sleep(0.02)
+        await self._until_subscribed(20)
 
     async def open(self) -> None:
         """Subscribe, then leave: the session keeps what arrives until `read` comes back for it."""

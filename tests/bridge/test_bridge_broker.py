@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from edgebus.bridge.runner import RATE_BURST_S, BridgeState
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, MESSAGE_ID_PROPERTY
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from edgebus.protocol.enums import ReasonCode
-from tests.bridge.mosquitto_upstream import UpstreamFactory, make_tls_files, open_upstreams
-from tests.bridge.nats_upstream import NatsServer, open_nats_admin, running_nats_server
+from tests.bridge.mosquitto_upstream import UpstreamFactory, make_tls_files
+from tests.bridge.nats_upstream import NatsServer, open_nats_admin
 from tests.clients import PEER, PahoClient
 from tests.conftest import BrokerHandle, StartBroker
 
@@ -78,19 +78,6 @@ def mqtt_bridge(port: int, topics: tuple[BridgeTopic, ...], **overrides: Any) ->
 
 def jetstream_bridge(port: int, topics: tuple[BridgeTopic, ...], **overrides: Any) -> BridgeConfig:
     return mqtt_bridge(port, topics, **{"kind": "nats-jetstream", "stream": STREAM, **overrides})
-
-
-@pytest.fixture
-async def start_upstream(tmp_path: Path) -> AsyncIterator[UpstreamFactory]:
-    """Mosquitto upstreams (persistence on), killed at teardown."""
-    async with open_upstreams(tmp_path) as start:
-        yield start
-
-
-@pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    async with running_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def bridge_of(handle: BrokerHandle) -> Any:

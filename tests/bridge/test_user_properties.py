@@ -11,7 +11,7 @@ keeps them through a gateway restart (the outbox's store column, schema 5).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from edgebus.bridge.redis_stream import USER_PROPERTY_PREFIX, default_stream
 from edgebus.bridge.sink import MESSAGE_ID_HEADER, MESSAGE_ID_PROPERTY
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.kafka_log import kafka_log
-from tests.bridge.mosquitto_upstream import UpstreamFactory, open_upstreams
-from tests.bridge.nats_upstream import NatsServer, open_nats_admin, running_nats_server
+from tests.bridge.mosquitto_upstream import UpstreamFactory
+from tests.bridge.nats_upstream import NatsServer, open_nats_admin
 from tests.bridge.rabbitmq_log import rabbitmq_log
 from tests.bridge.redis_upstream import running_redis_server
 from tests.bridge.test_bridge_broker import FAST_LINK, GATEWAY, client, cloud_log, outbox_rows, wait_until
@@ -67,18 +67,6 @@ async def publish_from_device(
     for topic, properties in messages:
         payload = topic.rsplit("/", 1)[-1].encode()
         assert (await device.publish(topic, payload, qos=1, properties=properties)).reason_code == 0
-
-
-@pytest.fixture
-async def start_upstream(tmp_path: Path) -> AsyncIterator[UpstreamFactory]:
-    async with open_upstreams(tmp_path) as start:
-        yield start
-
-
-@pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    async with running_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 # --- MQTT ---------------------------------------------------------------------------------------------------
