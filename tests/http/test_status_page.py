@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import shutil
-import signal
-import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from edgebus.config import BridgeConfig, BridgeTopic, ListenAddress
 from tests.bridge.mosquitto_upstream import open_upstreams
+from tests.chromium import CHROMIUM, headless_chromium
 from tests.clients import MQTT_5, PahoClient, edgebus_only
 from tests.conftest import StartBroker
 from tests.http.helpers import VIEWER, write_auth_files
@@ -29,7 +27,6 @@ from tests.processes import REPO, free_port
 
 pytestmark = edgebus_only("the status page is edgebus's")
 
-CHROMIUM: Final = Path("/usr/bin/chromium")
 ARTIFACTS: Final = REPO / "artifacts"
 #: Chromium starts, and the page shows what the test waits for, within this (polling every 1.5 s).
 PAGE_WAIT_S: Final = 20.0
@@ -127,69 +124,48 @@ async def test_status_page_in_chromium(
         assert broker.broker is not None
         host, http_port = broker.broker.listener_addresses[0][0]
         debug_port = free_port()
-        with (tmp_path / "chromium.log").open("wb") as log:
-            chromium = await trio.lowlevel.open_process(
-                [
-                    str(CHROMIUM),
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--window-size=1280,900",
-                    f"--remote-debugging-port={debug_port}",
-                    f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                    f"http://{host}:{http_port}/",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # the kill below reaches Chromium's helper processes too
-            )
-        socket: ClientConnection | None = None
-        try:
-            with trio.fail_after(PAGE_WAIT_S):
-                while (url := await trio.to_thread.run_sync(_page_socket_url, debug_port)) is None:  # noqa: ASYNC110
-                    await trio.sleep(0.2)
-            socket = await trio.to_thread.run_sync(lambda: connect(url, max_size=None, open_timeout=10))
-            page = DevTools(socket)
-            # Log in through the form, as an operator would.
-            await page.wait_for("document.getElementById('login-form') !== null", "the login form")
-            user, password = VIEWER
-            await page.evaluate(
-                f"document.getElementById('user').value = {json.dumps(user)};"
-                f"document.getElementById('password').value = {json.dumps(password)};"
-                "document.getElementById('login-button').click(); true"
-            )
-            await page.wait_for("document.getElementById('status').textContent === 'live'", "the dashboard")
+        page_url = f"http://{host}:{http_port}/"
+        profile = tmp_path / "chromium-profile"
+        window = ("--window-size=1280,900", f"--remote-debugging-port={debug_port}")
+        async with headless_chromium(page_url, profile, tmp_path / "chromium.log", *window):
+            socket: ClientConnection | None = None
+            try:
+                with trio.fail_after(PAGE_WAIT_S):
+                    while (url := await trio.to_thread.run_sync(_page_socket_url, debug_port)) is None:  # noqa: ASYNC110
+                        await trio.sleep(0.2)
+                socket = await trio.to_thread.run_sync(lambda: connect(url, max_size=None, open_timeout=10))
+                page = DevTools(socket)
+                # Log in through the form, as an operator would.
+                await page.wait_for("document.getElementById('login-form') !== null", "the login form")
+                user, password = VIEWER
+                await page.evaluate(
+                    f"document.getElementById('user').value = {json.dumps(user)};"
+                    f"document.getElementById('password').value = {json.dumps(password)};"
+                    "document.getElementById('login-button').click(); true"
+                )
+                live = "document.getElementById('status').textContent === 'live'"
+                await page.wait_for(live, "the dashboard")
 
-            device = paho("device-on-the-page", MQTT_5)
-            await device.connect(*broker.address)
-            await page.wait_for(
-                "document.querySelector('#clients tr[data-client-id=\"device-on-the-page\"]') !== null",
-                "the connected client",
-            )
-            for index in range(BACKLOG):
-                await device.publish(f"sensors/t{index}", b"21.5", qos=1)
-            await page.wait_for(f"{BRIDGE_QUEUED} === '{BACKLOG}'", f"a backlog of {BACKLOG}")
-            assert await page.evaluate(BRIDGE_STATE) in ("disconnected", "connecting")
-            await page.screenshot(tmp_path / "status-page-backlog.png")
+                device = paho("device-on-the-page", MQTT_5)
+                await device.connect(*broker.address)
+                await page.wait_for(
+                    "document.querySelector('#clients tr[data-client-id=\"device-on-the-page\"]') !== null",
+                    "the connected client",
+                )
+                for index in range(BACKLOG):
+                    await device.publish(f"sensors/t{index}", b"21.5", qos=1)
+                await page.wait_for(f"{BRIDGE_QUEUED} === '{BACKLOG}'", f"a backlog of {BACKLOG}")
+                assert await page.evaluate(BRIDGE_STATE) in ("disconnected", "connecting")
+                await page.screenshot(tmp_path / "status-page-backlog.png")
 
-            await upstream.start()
-            await page.wait_for(f"{BRIDGE_QUEUED} === '0'", "the backlog drained")
-            await page.wait_for(f"{BRIDGE_STATE} === 'connected'", "the bridge connected")
-            shot = await page.screenshot(tmp_path / "status-page.png")
-            assert shot.stat().st_size > 10_000
-            await device.disconnect()
-        finally:
-            with trio.CancelScope(shield=True):
-                if socket is not None:
-                    await trio.to_thread.run_sync(socket.close)
-                try:
-                    os.killpg(chromium.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await chromium.wait()
+                await upstream.start()
+                await page.wait_for(f"{BRIDGE_QUEUED} === '0'", "the backlog drained")
+                await page.wait_for(f"{BRIDGE_STATE} === 'connected'", "the bridge connected")
+                shot = await page.screenshot(tmp_path / "status-page.png")
+                assert shot.stat().st_size > 10_000
+                await device.disconnect()
+            finally:
+                with trio.CancelScope(shield=True):
+                    if socket is not None:
+                        await trio.to_thread.run_sync(socket.close)
+

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import subprocess
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -15,10 +12,10 @@ import pytest
 import trio
 
 from edgebus.protocol import Publish
+from tests.chromium import CHROMIUM, headless_chromium
 from tests.clients import MQTT_5, RawClient, Sub
 from tests.conftest import StartBroker
 
-CHROMIUM: Final = Path("/usr/bin/chromium")
 #: Installed by scripts/test (npm install --prefix .cache/web mqtt@5).
 MQTT_JS: Final = Path(__file__).parents[2] / ".cache/web/node_modules/mqtt/dist/mqtt.min.js"
 #: Chromium starts, loads the page, connects and echoes within this bound (about 1 s in practice).
@@ -128,41 +125,16 @@ async def test_mqtt_js_in_chromium_subscribes_and_publishes_over_websocket(
         listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
         http_port = listeners[0].socket.getsockname()[1]
         query = urlencode({"ws": f"ws://{ws_host}:{ws_port}/mqtt", "token": token})
-        with chromium_log.open("wb") as log:
-            # A session of its own, so that the kill below reaches Chromium's helper processes too.
-            chromium = await trio.lowlevel.open_process(
-                [
-                    str(CHROMIUM),
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                    f"http://127.0.0.1:{http_port}/page.html?{query}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        page_url = f"http://127.0.0.1:{http_port}/page.html?{query}"
         try:
-            result: Publish | None = None
-            with trio.move_on_after(BROWSER_WAIT_S):
-                while result is None:
-                    packet = await watcher.receive_packet(timeout=BROWSER_WAIT_S)
-                    if isinstance(packet, Publish) and packet.topic == "browser/result":
-                        result = packet
+            async with headless_chromium(page_url, tmp_path / "chromium-profile", chromium_log):
+                result: Publish | None = None
+                with trio.move_on_after(BROWSER_WAIT_S):
+                    while result is None:
+                        packet = await watcher.receive_packet(timeout=BROWSER_WAIT_S)
+                        if isinstance(packet, Publish) and packet.topic == "browser/result":
+                            result = packet
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    os.killpg(chromium.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await chromium.wait()
             nursery.cancel_scope.cancel()
     await watcher.aclose()
 
