@@ -35,12 +35,6 @@ IN_RULE = BridgeTopic("cmd/+", "in", 1, "", "gw.in")
 
 
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    async with running_nats_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
 async def admin(nats_server: NatsServer) -> AsyncIterator[NatsAdmin]:
     async with open_nats_admin(nats_server.url) as nats_admin:
         await nats_admin.create_stream(STREAM, ["gw.>"], duplicate_window_s=120)
