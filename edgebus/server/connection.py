@@ -150,8 +150,11 @@ class Connections:
         self.clients: dict[Connection, ClientConnection] = {}
         self._dirty: list[ClientConnection] = []
         self._parked_flusher: trio.lowlevel.Task | None = None
+        # The poller is in a round of reads and writes what they produce at its end: no need to wake
+        # the flusher for it.
+        self._reading = False
         self._nursery: trio.Nursery | None = None  # where writer tasks start; None once closing down
-        self.poller: ReadPoller[ClientConnection] = ReadPoller(self._on_readable)
+        self.poller: ReadPoller[ClientConnection] = ReadPoller(self._on_readable, self.flush_dirty)
         self._polling = False  # the poller runs and takes connections
 
     # --- reading ---------------------------------------------------------------------------------
@@ -279,6 +282,7 @@ class Connections:
         """The poller saw ``client``'s socket readable: one read, handled as a reader task would."""
         stream = client.stream
         assert isinstance(stream, TcpStream)
+        self._reading = True  # until the round's flush_dirty
         try:
             wanted = min(RECEIVE_BYTES, client.drain_budget) if client.closing else RECEIVE_BYTES
             data = stream.recv_nowait(wanted)
@@ -325,7 +329,7 @@ class Connections:
     def mark_dirty(self, client: ClientConnection) -> None:
         self._dirty.append(client)
         task = self._parked_flusher
-        if task is not None:
+        if task is not None and not self._reading:
             self._parked_flusher = None
             trio.lowlevel.reschedule(task)
 
@@ -338,30 +342,38 @@ class Connections:
         self._nursery = nursery
 
     async def flush_forever(self) -> None:
-        """Write every connection that has output: one `send` per connection per round, with
-        everything it has ready [ARCHITECTURE hop 5]. A socket that cannot take it all gets a
-        writer task for the rest."""
+        """Write what connections have to send when no read round does (timers, commits, other
+        tasks): `flush_dirty` whenever a connection is marked dirty."""
         while True:
             if not self._dirty:
                 self._parked_flusher = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(self._abort_flusher_park)
-            dirty, self._dirty = self._dirty, []
-            now = trio.current_time()
-            for client in dirty:
-                client.dirty = False
-                if client.writer_running:
-                    continue
-                if client.closing:
-                    self._start_writer(client)  # flushes the last packets, then closes
-                    continue
-                try:
-                    self._flush_one(client, now)
-                except Exception:
-                    # One connection's failure must not stop the writing for all the others.
-                    log.exception("flushing %s (%s) failed", client.stream.remote, client.conn.client_id)
-                    self.close(client)
+            self.flush_dirty()
             # Let readers run before the next round, so that it carries what they routed.
             await trio.lowlevel.checkpoint()
+
+    def flush_dirty(self) -> None:
+        """Write every connection that has output: one `send` per connection, with everything it has
+        ready [ARCHITECTURE hop 5]. A socket that cannot take it all gets a writer task for the rest.
+        Called by the flusher task and by the poller after each round of reads."""
+        self._reading = False
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, []
+        now = trio.current_time()
+        for client in dirty:
+            client.dirty = False
+            if client.writer_running:
+                continue
+            if client.closing:
+                self._start_writer(client)  # flushes the last packets, then closes
+                continue
+            try:
+                self._flush_one(client, now)
+            except Exception:
+                # One connection's failure must not stop the writing for all the others.
+                log.exception("flushing %s (%s) failed", client.stream.remote, client.conn.client_id)
+                self.close(client)
 
     def stop_writers(self) -> None:
         """No new writer tasks: a connection that needs one from now on is cut instead."""
