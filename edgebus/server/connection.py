@@ -402,10 +402,16 @@ class Connections:
 
     def _start_writer(self, client: ClientConnection) -> None:
         client.writer_running = True
-        if self._nursery is not None:
-            self._nursery.start_soon(self._write_loop, client)
-        else:
-            self._cut(client)
+        nursery = self._nursery
+        if nursery is not None:
+            try:
+                nursery.start_soon(self._write_loop, client)
+                return
+            except RuntimeError:
+                # Shutdown: the connections' nursery closed with its last task, and `stop_writers`
+                # has not run yet; a commit landing in between may still wake a closed connection.
+                self._nursery = None
+        self._cut(client)
 
     async def _write_loop(self, client: ClientConnection) -> None:
         """A connection's own writer, while its socket is backed up or it is closing."""
