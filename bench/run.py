@@ -50,13 +50,16 @@ NON_DISK_FILESYSTEMS = ("tmpfs", "ramfs", "overlay", "fuse", "9p", "nfs", "squas
 EDGEBUS_SCENARIO_CONFIG: dict[str, dict[str, dict[str, Any]]] = {
     "drain-q1": {"queue": {"max_messages": MAX_QUEUED_MESSAGES}},
 }
-PEER_NAMES = ("mosquitto", "mosquitto-persist", "edgebus", "amqtt")
+PEER_NAMES = ("mosquitto", "mosquitto-persist", "edgebus", "amqtt", "trio-floor")
 REFERENCE_PEER = "mosquitto"
 # Peers that only make sense in some scenarios (the others are skipped for them).
-PEER_SCENARIOS: dict[str, tuple[str, ...]] = {"mosquitto-persist": ("durable-q1", "drain-q1")}
+PEER_SCENARIOS: dict[str, tuple[str, ...]] = {"mosquitto-persist": ("durable-q1", "drain-q1"),
+                                              "trio-floor": ("latency-q1",)}
 # (peer, reference) pairs that get a ratio column, where both were run.
-COMPARISONS = (("edgebus", "mosquitto"), ("amqtt", "mosquitto"), ("edgebus", "mosquitto-persist"))
-SHORT_NAMES = {"mosquitto": "mosq", "mosquitto-persist": "mosq-p", "edgebus": "edgebus", "amqtt": "amqtt"}
+COMPARISONS = (("edgebus", "mosquitto"), ("amqtt", "mosquitto"), ("edgebus", "mosquitto-persist"),
+               ("trio-floor", "mosquitto"))
+SHORT_NAMES = {"mosquitto": "mosq", "mosquitto-persist": "mosq-p", "edgebus": "edgebus", "amqtt": "amqtt",
+               "trio-floor": "floor"}
 PR_SET_PDEATHSIG = 1
 class BrokerStartError(Exception):
     """The broker process exited or never accepted a connection."""
@@ -381,9 +384,25 @@ class AmqttBroker(BrokerProcess):
             return "?"
 
 
+class TrioFloorBroker(BrokerProcess):
+    """bench/trio_floor.py: the least a relay on trio costs (latency-q1 only): the floor under edgebus."""
+
+    name = "trio-floor"
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        return [sys.executable, "-m", "bench.trio_floor", "--host", HOST, "--port", str(port)]
+
+    def cwd(self) -> Path | None:
+        return REPO_ROOT
+
+    def version(self) -> str:
+        from importlib.metadata import version
+        return f"trio {version('trio')}"
+
+
 BROKERS: dict[str, type[BrokerProcess]] = {
     "mosquitto": MosquittoBroker, "mosquitto-persist": MosquittoPersistentBroker, "edgebus": EdgebusBroker,
-    "amqtt": AmqttBroker}
+    "amqtt": AmqttBroker, "trio-floor": TrioFloorBroker}
 
 
 
@@ -824,7 +843,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated scenarios out of: {', '.join(SCENARIO_NAMES)}")
     parser.add_argument("--peers", default=",".join(PEER_NAMES),
                         help=f"comma-separated brokers out of: {', '.join(PEER_NAMES)} (default: all; "
-                             "mosquitto-persist runs durable-q1 and drain-q1 only)")
+                             "mosquitto-persist runs durable-q1 and drain-q1 only, "
+                             "trio-floor latency-q1 only)")
     parser.add_argument("--mosquitto",
                         help="mosquitto executable (default: from PATH, else /usr/sbin/mosquitto)")
     parser.add_argument("--repeat", type=int,
@@ -911,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   config=args.edgebus_config,
                                                   overrides=EDGEBUS_SCENARIO_CONFIG.get(scenario)),
         "amqtt": lambda scenario: AmqttBroker(core=broker_core, work_root=work_root),
+        "trio-floor": lambda scenario: TrioFloorBroker(core=broker_core, work_root=work_root),
     }
     versions = {peer: factories[peer]("").version() for peer in peers}
     results: dict[str, dict[str, Any]] = {peer: {} for peer in peers}
