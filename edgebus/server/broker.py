@@ -42,6 +42,7 @@ from edgebus.http.view import ListenerInfo
 from edgebus.protocol.enums import ReasonCode
 from edgebus.protocol.errors import ProtocolError
 from edgebus.protocol.packets import Connect
+from edgebus.server import keepalive
 from edgebus.server.admission import Admission
 from edgebus.server.bridges import BridgeSet
 from edgebus.server.commits import Commits
@@ -285,7 +286,7 @@ class Broker:
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self.timers.run)
-                root.start_soon(connections.sweep_forever)
+                root.start_soon(keepalive.sweep_forever, connections)
                 if self.store is not None and self.commits is not None:
                     root.start_soon(self.store.commit_forever, self.commits.on_commit)
                 root.start_soon(self.sys_topics.publish_forever)

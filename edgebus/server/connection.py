@@ -1,6 +1,6 @@
 """Connection I/O: reading (a task per connection until it is established, then the shared poller), the
-one flusher that writes them all, a writer task for a socket that is backed up, closing, and the
-keep-alive sweep."""
+flush that writes them all, a writer task for a socket that is backed up, and closing. The keep-alive
+sweep over them is edgebus.server.keepalive."""
 
 from __future__ import annotations
 
@@ -35,8 +35,6 @@ RECEIVE_BYTES = 8192
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 #: Most bytes read and discarded from a closing connection (after that it is closed, RST or not).
 CLOSE_DRAIN_BYTES = 256 * 1024
-#: How often keep-alive deadlines are checked.
-KEEP_ALIVE_SWEEP_S = 0.5
 #: Most bytes one connection is given per flush round (a reconnect with a long queue must not
 #: build one huge buffer nor hold up the others).
 FLUSH_BATCH_BYTES = 256 * 1024
@@ -483,24 +481,3 @@ class Connections:
             self._unpoll(client)
             client.stream.force_close()
         self.clients.clear()
-
-    async def sweep_forever(self) -> None:
-        """Close connections that sent nothing for 1.5 x Keep Alive [MQTT-3.1.2-24] (0x8D on v5),
-        or no CONNECT within [limits] connect_timeout. One pass over all connections, twice a second."""
-        while True:
-            await trio.sleep(KEEP_ALIVE_SWEEP_S)
-            now = trio.current_time()
-            connect_timeout = self.connect_timeout  # a reload may change it
-            for client in list(self.clients.values()):
-                conn = client.conn
-                if client.closing:
-                    continue
-                if conn.state is ConnectionState.AWAIT_CONNECT:
-                    if now - client.opened > connect_timeout:  # slowloris: counted from the open
-                        log.info("%s: no CONNECT within %g s", client.stream.remote, connect_timeout)
-                        self.close(client)
-                    continue
-                timeout = conn.keep_alive_timeout
-                if timeout is not None and now - client.last_read > timeout:
-                    log.info("client %s: keep-alive timeout", conn.client_id)
-                    self.close(client, ReasonCode.KEEP_ALIVE_TIMEOUT)
