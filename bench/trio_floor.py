@@ -37,20 +37,15 @@ class Relay:
                 buffer += data
                 replies = []
                 while len(buffer) >= 2:
-                    length, pos, shift = 0, 1, 0
-                    while True:
-                        if pos >= len(buffer):
-                            break
+                    # Remaining Length (§2.1.4): 7 bits a byte, the high bit says another follows.
+                    length, pos, shift, byte = 0, 1, 0, 0x80
+                    while byte >= 0x80 and pos < len(buffer):
                         byte = buffer[pos]
                         length |= (byte & 0x7F) << shift
                         shift += 7
                         pos += 1
-                        if byte < 0x80:
-                            break
-                    else:
-                        break
                     end = pos + length
-                    if byte >= 0x80 or end > len(buffer):
+                    if byte >= 0x80 or end > len(buffer):  # the header or the body is incomplete
                         break
                     packet, buffer = buffer[:end], buffer[end:]
                     kind = packet[0] >> 4
